@@ -30,7 +30,7 @@ the first processed step, else the output at the previously processed step.
 
 import numpy as np
 
-__all__ = ["layer_forward", "layer_backward"]
+__all__ = ["layer_forward", "layer_backward", "cell_forward"]
 
 
 def _sigmoid(a):
@@ -157,3 +157,26 @@ def layer_backward(x, w_ih, w_hh, h0, lengths, reverse, reset_after, out,
     d_w_hh[2 * H:] = flat_d_gh[:, 2 * H:].T @ hn_input_all.reshape(B * T, H)
     d_b_ih[...] = flat_d_gi.sum(axis=0)
     d_b_hh[...] = flat_d_gh.sum(axis=0)
+
+
+def cell_forward(x, w_ih, w_hh, b_ih, b_hh, h, reset_after, h_new,
+                 n_threads=1):
+    """One step of one GRU layer for a batch (a GRU cell).
+
+    Shapes: ``x`` (B, I), ``h`` (B, H) the previous state, ``h_new`` (B, H)
+    written with the new state; weights and biases as in the module
+    docstring. ``n_threads`` is accepted for a uniform backend signature and
+    ignored.
+    """
+    H = w_hh.shape[1]
+    gi = x @ w_ih.T + b_ih
+    gh_rz = h @ w_hh[:2 * H].T + b_hh[:2 * H]
+    r = _sigmoid(gi[:, :H] + gh_rz[:, :H])
+    z = _sigmoid(gi[:, H:2 * H] + gh_rz[:, H:])
+    if reset_after:
+        hn = h @ w_hh[2 * H:].T + b_hh[2 * H:]
+        n = np.tanh(gi[:, 2 * H:] + r * hn)
+    else:
+        hn = (r * h) @ w_hh[2 * H:].T + b_hh[2 * H:]
+        n = np.tanh(gi[:, 2 * H:] + hn)
+    h_new[...] = (1 - z) * n + z * h

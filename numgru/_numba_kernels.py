@@ -1,0 +1,932 @@
+"""Numba GRU kernels: the default backend.
+
+Same contract as :mod:`numgru._reference` (see its module docstring for every
+shape): ``layer_forward`` and ``layer_backward`` run one layer in one direction
+over a batch, ``cell_forward`` runs one step. Each public function is a thin
+wrapper that sets the thread count and calls a private compiled kernel.
+
+How the kernels are organised:
+
+- Parallelism is over fixed-size blocks of samples. Each block runs its own
+  full time loop; there is no synchronisation between steps.
+- The input projection ``x @ W_ih^T`` of a block is computed for all its steps
+  before the time loop.
+- Every matrix product is written as ``C[row, j] += A[row, k] * W[k, j]`` with
+  ``k`` ascending and one fused multiply-add per term, vectorised over ``j``.
+  A value of ``C`` therefore depends only on its own row of ``A``, never on
+  the block size, the tiling, the thread count or the other samples in the
+  batch: results are bitwise reproducible. No BLAS is called.
+- Weight gradients are reductions over all valid ``(b, t)`` rows in a fixed
+  order (``b`` ascending, then ``t`` ascending), each output element owned by
+  one task.
+- float64 uses ``np.tanh`` and ``np.exp``; float32 uses a rational
+  approximation of ``tanh`` (max abs error 3.5e-7) that vectorises;
+  sigmoid(x) = (1 + tanh(x / 2)) / 2.
+"""
+
+import os
+import threading
+
+import numpy as np
+import numba
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
+
+__all__ = ["layer_forward", "layer_backward", "cell_forward"]
+
+
+# ---------------------------------------------------------------------------
+# Threading layer and cache location (decided once, at import)
+# ---------------------------------------------------------------------------
+
+def _threadsafe_layer_available():
+    for name in ("tbbpool", "omppool"):
+        try:
+            __import__("numba.np.ufunc." + name)
+        except ImportError:
+            continue
+        return True
+    return False
+
+
+if "NUMBA_THREADING_LAYER" not in os.environ and _threadsafe_layer_available():
+    numba.config.THREADING_LAYER = "threadsafe"
+
+
+def _cache_available():
+    """Whether numba finds a writable place to cache this module's kernels.
+
+    Numba caches next to the source file, else in a user-wide directory; in a
+    read-only install with neither writable, caching is turned off instead of
+    failing at import.
+    """
+    def probe():
+        pass
+
+    try:
+        from numba.core.caching import CompileResultCacheImpl
+    except ImportError:
+        return True
+    try:
+        CompileResultCacheImpl(probe)
+    except RuntimeError:
+        return False
+    return True
+
+
+_JIT_CACHE = _cache_available()
+
+_JIT = dict(cache=_JIT_CACHE, error_model="numpy", nogil=True)
+
+_serial_lock = threading.Lock()
+_layer_checked = False
+_needs_lock = False
+
+
+# ---------------------------------------------------------------------------
+# Scalar building blocks, specialised by dtype at compile time
+# ---------------------------------------------------------------------------
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a * b + c rounded once (llvm.fma), the same in vector and scalar code."""
+    if isinstance(a, types.Float) and a == b and a == c:
+        def codegen(context, builder, signature, args):
+            return builder.fma(*args)
+        return a(a, b, c), codegen
+    return None
+
+
+def _unit(x):
+    """1 in the floating type of ``x``."""
+
+
+def _tanh(x):
+    """tanh in the floating type of ``x``."""
+
+
+def _sigmoid(x):
+    """Logistic sigmoid in the floating type of ``x``."""
+
+
+_T_CLAMP = np.float32(9.0)
+_T_A1 = np.float32(4.89352455891786e-03)
+_T_A3 = np.float32(6.37261928875436e-04)
+_T_A5 = np.float32(1.48572235717979e-05)
+_T_A7 = np.float32(5.12229709037114e-08)
+_T_A9 = np.float32(-8.60467152213735e-11)
+_T_A11 = np.float32(2.00018790482477e-13)
+_T_A13 = np.float32(-2.76076847742355e-16)
+_T_B0 = np.float32(4.89352518554385e-03)
+_T_B2 = np.float32(2.26843463243900e-03)
+_T_B4 = np.float32(1.18534705686654e-04)
+_T_B6 = np.float32(1.19825839466702e-06)
+_F32_HALF = np.float32(0.5)
+_F32_ONE = np.float32(1.0)
+_F64_ONE = np.float64(1.0)
+
+
+def _is_f32(x):
+    return isinstance(x, types.Float) and x.bitwidth == 32
+
+
+@overload(_unit, jit_options=dict(error_model="numpy"))
+def _unit_impl(x):
+    if _is_f32(x):
+        return lambda x: _F32_ONE
+    return lambda x: _F64_ONE
+
+
+@njit(inline="always", error_model="numpy")
+def _tanh_f32(x):
+    # rational approximation on [-9, 9], result clipped to [-1, 1] so that
+    # large |x| (and +-inf) give exactly +-1
+    v = min(max(x, -_T_CLAMP), _T_CLAMP)
+    v2 = v * v
+    p = v2 * _T_A13 + _T_A11
+    p = p * v2 + _T_A9
+    p = p * v2 + _T_A7
+    p = p * v2 + _T_A5
+    p = p * v2 + _T_A3
+    p = p * v2 + _T_A1
+    p = p * v
+    q = v2 * _T_B6 + _T_B4
+    q = q * v2 + _T_B2
+    q = q * v2 + _T_B0
+    return min(max(p / q, -_F32_ONE), _F32_ONE)
+
+
+@overload(_tanh, jit_options=dict(error_model="numpy"))
+def _tanh_impl(x):
+    if _is_f32(x):
+        return lambda x: _tanh_f32(x)
+    return lambda x: np.tanh(x)
+
+
+@overload(_sigmoid, jit_options=dict(error_model="numpy"))
+def _sigmoid_impl(x):
+    if _is_f32(x):
+        return lambda x: _F32_HALF + _F32_HALF * _tanh_f32(_F32_HALF * x)
+    return lambda x: _F64_ONE / (_F64_ONE + np.exp(-x))
+
+
+# ---------------------------------------------------------------------------
+# Matrix products in a fixed summation order
+# ---------------------------------------------------------------------------
+
+_TILE_ELEMS = 4096   # elements of C (rows x tile width) kept hot per pass
+
+
+@njit(**_JIT)
+def _gemm_acc(A, ia, ak0, Wp, wk0, nk, nj, C, ic, cj0, na):
+    # A (*, >= ak0+nk)   Wp (n_tiles, >= wk0+nk, JT) packed W, see _pack
+    # C (*, >= cj0+nj)   ia, ic (>= na,) row indices into A and C
+    # C[ic[a], cj0+j] += sum_k A[ia[a], ak0+k] * W[wk0+k, j], k ascending
+    JT = Wp.shape[2]
+    rows = max(4, _TILE_ELEMS // JT)
+    for a_lo in range(0, na, rows):
+        a_hi = min(a_lo + rows, na)
+        for tile in range(Wp.shape[0]):
+            j_lo = tile * JT
+            m = min(JT, nj - j_lo)
+            c_lo = cj0 + j_lo
+            k = 0
+            while k + 4 <= nk:
+                w0 = Wp[tile, wk0 + k]
+                w1 = Wp[tile, wk0 + k + 1]
+                w2 = Wp[tile, wk0 + k + 2]
+                w3 = Wp[tile, wk0 + k + 3]
+                kk = ak0 + k
+                a = a_lo
+                while a + 4 <= a_hi:
+                    r0 = ia[a]
+                    r1 = ia[a + 1]
+                    r2 = ia[a + 2]
+                    r3 = ia[a + 3]
+                    p00 = A[r0, kk]
+                    p01 = A[r0, kk + 1]
+                    p02 = A[r0, kk + 2]
+                    p03 = A[r0, kk + 3]
+                    p10 = A[r1, kk]
+                    p11 = A[r1, kk + 1]
+                    p12 = A[r1, kk + 2]
+                    p13 = A[r1, kk + 3]
+                    p20 = A[r2, kk]
+                    p21 = A[r2, kk + 1]
+                    p22 = A[r2, kk + 2]
+                    p23 = A[r2, kk + 3]
+                    p30 = A[r3, kk]
+                    p31 = A[r3, kk + 1]
+                    p32 = A[r3, kk + 2]
+                    p33 = A[r3, kk + 3]
+                    c0 = C[ic[a], c_lo:c_lo + m]
+                    c1 = C[ic[a + 1], c_lo:c_lo + m]
+                    c2 = C[ic[a + 2], c_lo:c_lo + m]
+                    c3 = C[ic[a + 3], c_lo:c_lo + m]
+                    for j in range(m):
+                        u0 = w0[j]
+                        u1 = w1[j]
+                        u2 = w2[j]
+                        u3 = w3[j]
+                        c0[j] = _fma(p03, u3, _fma(p02, u2, _fma(
+                            p01, u1, _fma(p00, u0, c0[j]))))
+                        c1[j] = _fma(p13, u3, _fma(p12, u2, _fma(
+                            p11, u1, _fma(p10, u0, c1[j]))))
+                        c2[j] = _fma(p23, u3, _fma(p22, u2, _fma(
+                            p21, u1, _fma(p20, u0, c2[j]))))
+                        c3[j] = _fma(p33, u3, _fma(p32, u2, _fma(
+                            p31, u1, _fma(p30, u0, c3[j]))))
+                    a += 4
+                while a < a_hi:
+                    r0 = ia[a]
+                    p00 = A[r0, kk]
+                    p01 = A[r0, kk + 1]
+                    p02 = A[r0, kk + 2]
+                    p03 = A[r0, kk + 3]
+                    c0 = C[ic[a], c_lo:c_lo + m]
+                    for j in range(m):
+                        c0[j] = _fma(p03, w3[j], _fma(p02, w2[j], _fma(
+                            p01, w1[j], _fma(p00, w0[j], c0[j]))))
+                    a += 1
+                k += 4
+            while k < nk:
+                w0 = Wp[tile, wk0 + k]
+                for a in range(a_lo, a_hi):
+                    p00 = A[ia[a], ak0 + k]
+                    c0 = C[ic[a], c_lo:c_lo + m]
+                    for j in range(m):
+                        c0[j] = _fma(p00, w0[j], c0[j])
+                k += 1
+
+
+def _pack(w, width):
+    """Columns of ``w`` (K, N) in contiguous tiles: (ceil(N/width), K, width).
+
+    Tile ``t`` holds columns ``t*width .. t*width+width-1`` (zero padded), so
+    a pass over one tile reads memory in order.
+    """
+    K, N = w.shape
+    n_tiles = -(-N // width)
+    padded = np.zeros((K, n_tiles * width), w.dtype)
+    padded[:, :N] = w
+    return np.ascontiguousarray(
+        padded.reshape(K, n_tiles, width).transpose(1, 0, 2))
+
+
+def _tile_width(H):
+    return 64 if H >= 256 else 128
+
+
+@njit(**_JIT)
+def _outer_acc(A, acol, X, xk0, nk, rows, nrows, D, j0, j1, dk0, db):
+    # A (R, *)   X (R, >= xk0+nk)   rows (>= nrows,) row indices, fixed order
+    # D (*, >= dk0+nk)   db (*,)
+    # D[j, dk0+i] = sum_r A[rows[r], acol+j-j0] * X[rows[r], xk0+i]  (r ascending)
+    # and, when dk0 == 0, db[j] = sum_r A[rows[r], acol+j-j0], for j0 <= j < j1
+    with_bias = dk0 == 0
+    for j in range(j0, j1):
+        d = D[j, dk0:dk0 + nk]
+        for i in range(nk):
+            d[i] = 0
+        if with_bias:
+            db[j] = 0
+    r = 0
+    while r + 4 <= nrows:
+        q0 = rows[r]
+        q1 = rows[r + 1]
+        q2 = rows[r + 2]
+        q3 = rows[r + 3]
+        x0 = X[q0, xk0:xk0 + nk]
+        x1 = X[q1, xk0:xk0 + nk]
+        x2 = X[q2, xk0:xk0 + nk]
+        x3 = X[q3, xk0:xk0 + nk]
+        for j in range(j0, j1):
+            c = acol + j - j0
+            p0 = A[q0, c]
+            p1 = A[q1, c]
+            p2 = A[q2, c]
+            p3 = A[q3, c]
+            d = D[j, dk0:dk0 + nk]
+            for i in range(nk):
+                d[i] = _fma(p3, x3[i], _fma(p2, x2[i], _fma(
+                    p1, x1[i], _fma(p0, x0[i], d[i]))))
+            if with_bias:
+                db[j] = (((db[j] + p0) + p1) + p2) + p3
+        r += 4
+    while r < nrows:
+        q0 = rows[r]
+        x0 = X[q0, xk0:xk0 + nk]
+        for j in range(j0, j1):
+            p0 = A[q0, acol + j - j0]
+            d = D[j, dk0:dk0 + nk]
+            for i in range(nk):
+                d[i] = _fma(p0, x0[i], d[i])
+            if with_bias:
+                db[j] = db[j] + p0
+        r += 1
+
+
+# ---------------------------------------------------------------------------
+# One step, elementwise part (one sample)
+# ---------------------------------------------------------------------------
+
+@njit(**_JIT)
+def _step_after(gi, gh, h, h_new, g, H):
+    # gi (3H,) input projection + b_ih    gh (3H,) W_hh h + b_hh
+    # h (H,) previous state   h_new (H,) written   g (4H,) written [r, z, n, hn]
+    one = _unit(h[0])
+    for j in range(H):
+        r = _sigmoid(gi[j] + gh[j])
+        z = _sigmoid(gi[H + j] + gh[H + j])
+        hn = gh[2 * H + j]
+        n = _tanh(gi[2 * H + j] + r * hn)
+        h_new[j] = (one - z) * n + z * h[j]
+        g[j] = r
+        g[H + j] = z
+        g[2 * H + j] = n
+        g[3 * H + j] = hn
+
+
+@njit(**_JIT)
+def _step_before_rz(gi, gh, h, rh, g, H):
+    # gi (3H,)   gh (>= 2H,) W_hr h + b_hr, W_hz h + b_hz   h (H,)
+    # rh (H,) written r * h   g (4H,) written [r, z, ., .]
+    for j in range(H):
+        r = _sigmoid(gi[j] + gh[j])
+        g[j] = r
+        g[H + j] = _sigmoid(gi[H + j] + gh[H + j])
+        rh[j] = r * h[j]
+
+
+@njit(**_JIT)
+def _step_before_n(gi, gh, h, h_new, g, H):
+    # gi (3H,)   gh (3H,) with gh[2H:] = W_hn (r * h) + b_hn   h (H,)
+    # h_new (H,) written   g (4H,) [r, z] read, [n, hn] written
+    one = _unit(h[0])
+    for j in range(H):
+        z = g[H + j]
+        hn = gh[2 * H + j]
+        n = _tanh(gi[2 * H + j] + hn)
+        h_new[j] = (one - z) * n + z * h[j]
+        g[2 * H + j] = n
+        g[3 * H + j] = hn
+
+
+@njit(**_JIT)
+def _step_back_after(g, h, dh, d_out, dh_new, dgi, dghn, H):
+    # g (4H,) [r, z, n, hn]   h (H,) previous state   dh (H,) from later steps
+    # d_out (H,) gradient of this step's output
+    # written: dh_new (H,) = dh' * z (the W_hh^T term is added by the caller)
+    #          dgi (3H,) = [da_r, da_z, da_n]   dghn (H,) = da_n * r
+    one = _unit(h[0])
+    for j in range(H):
+        r = g[j]
+        z = g[H + j]
+        n = g[2 * H + j]
+        hn = g[3 * H + j]
+        dhj = dh[j] + d_out[j]
+        dn = dhj * (one - z)
+        dz = dhj * (h[j] - n)
+        da_n = dn * (one - n * n)
+        da_z = dz * z * (one - z)
+        da_r = da_n * hn * r * (one - r)
+        dgi[j] = da_r
+        dgi[H + j] = da_z
+        dgi[2 * H + j] = da_n
+        dghn[j] = da_n * r
+        dh_new[j] = dhj * z
+
+
+@njit(**_JIT)
+def _step_back_before_zn(g, h, dh, d_out, dh_new, dgi, H):
+    # g (4H,) [r, z, n, hn]   h (H,)   dh (H,)   d_out (H,)
+    # written: dh_new (H,) = dh' (finished by _step_back_before_r)
+    #          dgi[H:3H] = [da_z, da_n]
+    one = _unit(h[0])
+    for j in range(H):
+        z = g[H + j]
+        n = g[2 * H + j]
+        dhj = dh[j] + d_out[j]
+        dn = dhj * (one - z)
+        dz = dhj * (h[j] - n)
+        dgi[H + j] = dz * z * (one - z)
+        dgi[2 * H + j] = dn * (one - n * n)
+        dh_new[j] = dhj
+
+
+@njit(**_JIT)
+def _step_back_before_r(g, h, d_rh, dh_new, dgi, hin, H):
+    # g (4H,)   h (H,)   d_rh (H,) = W_hn^T da_n, gradient of r * h
+    # dh_new (H,) in: dh', out: dh' * z + d_rh * r
+    # written: dgi[:H] = da_r   hin (H,) = r * h
+    one = _unit(h[0])
+    for j in range(H):
+        r = g[j]
+        z = g[H + j]
+        dgi[j] = d_rh[j] * h[j] * r * (one - r)
+        dh_new[j] = dh_new[j] * z + d_rh[j] * r
+        hin[j] = r * h[j]
+
+
+# ---------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------
+
+@njit(parallel=True, **_JIT)
+def _forward_kernel(x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0, lengths, T,
+                    reverse, reset_after, out2, h_last, gates2, keep_gates,
+                    block):
+    # x2 (B*T, I)   b_ih, b_hh (3H,)
+    # w_ih_p, w_rz_p, w_n_p: W_ih^T (I, 3H), W_hh^T[:, :2H] (H, 2H) and
+    #   W_hh^T[:, 2H:] (H, H), packed by _pack
+    # h0 (B, H)   lengths (B,)   out2 (B*T, H)   h_last (B, H)
+    # gates2 (B*T, 4H) when keep_gates, else unused
+    # block: samples per parallel task
+    B, H = h0.shape
+    I = x2.shape[1]
+    G = 3 * H
+    n_blocks = (B + block - 1) // block
+    for ib in prange(n_blocks):
+        b0 = ib * block
+        nb = min(B, b0 + block) - b0
+        max_len = 0
+        for s in range(nb):
+            max_len = max(max_len, lengths[b0 + s])
+        # input projection for every valid step of the block
+        n_rows = 0
+        for s in range(nb):
+            n_rows += lengths[b0 + s]
+        row_x = np.empty(n_rows, np.int64)
+        row_g = np.empty(n_rows, np.int64)
+        gi = np.empty((nb * max_len, G), x2.dtype)
+        a = 0
+        for s in range(nb):
+            for t in range(lengths[b0 + s]):
+                row_x[a] = (b0 + s) * T + t
+                row_g[a] = s * max_len + t
+                gi[s * max_len + t, :] = b_ih
+                a += 1
+        _gemm_acc(x2, row_x, 0, w_ih_p, 0, I, G, gi, row_g, 0, n_rows)
+        # zero what lies past each sample's length
+        for s in range(nb):
+            b = b0 + s
+            for t in range(lengths[b], T):
+                out2[b * T + t, :] = 0
+                if keep_gates:
+                    gates2[b * T + t, :] = 0
+        h = np.empty((nb, H), x2.dtype)
+        for s in range(nb):
+            h[s, :] = h0[b0 + s]
+        gh = np.empty((nb, G), x2.dtype)
+        rh = np.empty((nb, H), x2.dtype)
+        scratch = np.empty((nb, 4 * H), x2.dtype)
+        active = np.empty(nb, np.int64)
+        n_gh = G if reset_after else 2 * H
+        for step in range(max_len):
+            na = 0
+            for s in range(nb):
+                if step < lengths[b0 + s]:
+                    active[na] = s
+                    na += 1
+            for a in range(na):
+                gh[active[a], :n_gh] = b_hh[:n_gh]
+            _gemm_acc(h, active, 0, w_rz_p, 0, H, 2 * H, gh, active, 0, na)
+            if reset_after:
+                _gemm_acc(h, active, 0, w_n_p, 0, H, H, gh, active, 2 * H,
+                          na)
+            if not reset_after:
+                for a in range(na):
+                    s = active[a]
+                    b = b0 + s
+                    t = lengths[b] - 1 - step if reverse else step
+                    g = gates2[b * T + t] if keep_gates else scratch[s]
+                    _step_before_rz(gi[s * max_len + t], gh[s], h[s], rh[s],
+                                    g, H)
+                    gh[s, 2 * H:] = b_hh[2 * H:]
+                _gemm_acc(rh, active, 0, w_n_p, 0, H, H, gh, active, 2 * H,
+                          na)
+            for a in range(na):
+                s = active[a]
+                b = b0 + s
+                t = lengths[b] - 1 - step if reverse else step
+                g = gates2[b * T + t] if keep_gates else scratch[s]
+                o = out2[b * T + t]
+                if reset_after:
+                    _step_after(gi[s * max_len + t], gh[s], h[s], o, g, H)
+                else:
+                    _step_before_n(gi[s * max_len + t], gh[s], h[s], o, g, H)
+                h[s, :] = o
+        for s in range(nb):
+            h_last[b0 + s, :] = h[s]
+
+
+@njit(parallel=True, **_JIT)
+def _backward_kernel(w_ih_p, w_hh_p, h0, lengths, T, reverse, reset_after,
+                     out2, gates2, d_out2, d_h_last, d_x2, d_h0, dgi2, dghn2,
+                     hp2, hin2, block):
+    # w_ih_p, w_hh_p: W_ih (3H, I) and W_hh (3H, H), packed by _pack
+    # h0 (B, H)   lengths (B,)
+    # out2 (B*T, H)   gates2 (B*T, 4H)   d_out2 (B*T, H)   d_h_last (B, H)
+    # written: d_x2 (B*T, I)   d_h0 (B, H)
+    # written for the weight gradients, valid rows only:
+    #   dgi2 (B*T, 3H) gradient of gi   dghn2 (B*T, H) gradient of gh_n
+    #   (reset_after)   hp2 (B*T, H) previous state   hin2 (B*T, H) r * h
+    #   (reset before)
+    B, H = h0.shape
+    I = d_x2.shape[1]
+    G = 3 * H
+    n_blocks = (B + block - 1) // block
+    for ib in prange(n_blocks):
+        b0 = ib * block
+        nb = min(B, b0 + block) - b0
+        max_len = 0
+        for s in range(nb):
+            max_len = max(max_len, lengths[b0 + s])
+        dh = np.empty((nb, H), h0.dtype)
+        dh_new = np.empty((nb, H), h0.dtype)
+        for s in range(nb):
+            dh[s, :] = d_h_last[b0 + s]
+            dh_new[s, :] = d_h_last[b0 + s]
+        d_rh = np.empty((nb, H), h0.dtype)
+        active = np.empty(nb, np.int64)
+        rows = np.empty(nb, np.int64)
+        for step in range(max_len - 1, -1, -1):
+            na = 0
+            for s in range(nb):
+                b = b0 + s
+                if step < lengths[b]:
+                    t = lengths[b] - 1 - step if reverse else step
+                    active[na] = s
+                    rows[na] = b * T + t
+                    na += 1
+            for a in range(na):
+                s = active[a]
+                b = b0 + s
+                q = rows[a]
+                if step == 0:
+                    hp2[q, :] = h0[b]
+                elif reverse:
+                    hp2[q, :] = out2[q + 1]
+                else:
+                    hp2[q, :] = out2[q - 1]
+            if reset_after:
+                for a in range(na):
+                    s = active[a]
+                    q = rows[a]
+                    _step_back_after(gates2[q], hp2[q], dh[s], d_out2[q],
+                                     dh_new[s], dgi2[q], dghn2[q], H)
+                _gemm_acc(dgi2, rows, 0, w_hh_p, 0, 2 * H, H, dh_new, active,
+                          0, na)
+                _gemm_acc(dghn2, rows, 0, w_hh_p, 2 * H, H, H, dh_new, active,
+                          0, na)
+            else:
+                for a in range(na):
+                    s = active[a]
+                    q = rows[a]
+                    _step_back_before_zn(gates2[q], hp2[q], dh[s], d_out2[q],
+                                         dh_new[s], dgi2[q], H)
+                    d_rh[s, :] = 0
+                _gemm_acc(dgi2, rows, 2 * H, w_hh_p, 2 * H, H, H, d_rh, active,
+                          0, na)
+                for a in range(na):
+                    s = active[a]
+                    q = rows[a]
+                    _step_back_before_r(gates2[q], hp2[q], d_rh[s], dh_new[s],
+                                        dgi2[q], hin2[q], H)
+                _gemm_acc(dgi2, rows, 0, w_hh_p, 0, 2 * H, H, dh_new, active,
+                          0, na)
+            dh, dh_new = dh_new, dh
+        for s in range(nb):
+            d_h0[b0 + s, :] = dh[s]
+        # gradient of the inputs for every valid step of the block
+        n_rows = 0
+        for s in range(nb):
+            n_rows += lengths[b0 + s]
+        row_q = np.empty(n_rows, np.int64)
+        a = 0
+        for s in range(nb):
+            b = b0 + s
+            for t in range(T):
+                if t < lengths[b]:
+                    row_q[a] = b * T + t
+                    a += 1
+                d_x2[b * T + t, :] = 0
+        _gemm_acc(dgi2, row_q, 0, w_ih_p, 0, G, I, d_x2, row_q, 0, n_rows)
+
+
+_TASK_ROWS = 64   # rows of a weight gradient per task
+_TASK_COLS = 128  # columns of a weight gradient per task
+
+
+@njit(parallel=True, **_JIT)
+def _weight_grad_kernel(x2, dgi2, dghn2, hp2, hin2, lengths, T, reset_after,
+                        d_w_ih, d_w_hh, d_b_ih, d_b_hh):
+    # x2 (B*T, I)   dgi2 (B*T, 3H)   dghn2 (B*T, H)   hp2, hin2 (B*T, H)
+    # written: d_w_ih (3H, I)   d_w_hh (3H, H)   d_b_ih, d_b_hh (3H,)
+    # Each task owns a tile of one output and sums over the valid rows
+    # (b ascending, t ascending).
+    B = lengths.shape[0]
+    I = x2.shape[1]
+    H = hp2.shape[1]
+    G = 3 * H
+    n_rows = 0
+    for b in range(B):
+        n_rows += lengths[b]
+    rows = np.empty(n_rows, np.int64)
+    a = 0
+    for b in range(B):
+        for t in range(lengths[b]):
+            rows[a] = b * T + t
+            a += 1
+    # task table: (which, j0, j1, k0, k1); which 0: d_w_ih, 1: d_w_hh[:2H],
+    # 2: d_w_hh[2H:]
+    n_task = 0
+    for which in range(3):
+        j_lo = 0 if which < 2 else 2 * H
+        j_hi = G if which == 0 else (2 * H if which == 1 else G)
+        nk = I if which == 0 else H
+        for j in range(j_lo, j_hi, _TASK_ROWS):
+            for k in range(0, nk, _TASK_COLS):
+                n_task += 1
+    tasks = np.empty((n_task, 5), np.int64)
+    n_task = 0
+    for which in range(3):
+        j_lo = 0 if which < 2 else 2 * H
+        j_hi = G if which == 0 else (2 * H if which == 1 else G)
+        nk = I if which == 0 else H
+        for j in range(j_lo, j_hi, _TASK_ROWS):
+            for k in range(0, nk, _TASK_COLS):
+                tasks[n_task, 0] = which
+                tasks[n_task, 1] = j
+                tasks[n_task, 2] = min(j + _TASK_ROWS, j_hi)
+                tasks[n_task, 3] = k
+                tasks[n_task, 4] = min(k + _TASK_COLS, nk)
+                n_task += 1
+    for it in prange(n_task):
+        which = tasks[it, 0]
+        j0 = tasks[it, 1]
+        j1 = tasks[it, 2]
+        k0 = tasks[it, 3]
+        nk = tasks[it, 4] - k0
+        if which == 0:
+            _outer_acc(dgi2, j0, x2, k0, nk, rows, n_rows, d_w_ih, j0, j1, k0,
+                       d_b_ih)
+        elif which == 1:
+            _outer_acc(dgi2, j0, hp2, k0, nk, rows, n_rows, d_w_hh, j0, j1,
+                       k0, d_b_hh)
+        elif reset_after:
+            _outer_acc(dghn2, j0 - 2 * H, hp2, k0, nk, rows, n_rows, d_w_hh,
+                       j0, j1, k0, d_b_hh)
+        else:
+            _outer_acc(dgi2, j0, hin2, k0, nk, rows, n_rows, d_w_hh, j0, j1,
+                       k0, d_b_hh)
+
+
+@njit(**_JIT)
+def _cell_serial(x, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h, reset_after,
+                 h_new):
+    # x (B, I)   w_ih_p, w_rz_p, w_n_p as for _forward_kernel
+    # b_ih, b_hh (3H,)   h (B, H)   h_new (B, H) written
+    B = h.shape[0]
+    _cell_rows(x, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h, reset_after, h_new, 0,
+               B)
+
+
+@njit(parallel=True, **_JIT)
+def _cell_parallel(x, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h, reset_after,
+                   h_new, block):
+    # same shapes as _cell_serial; block: samples per parallel task
+    B = h.shape[0]
+    n_blocks = (B + block - 1) // block
+    for ib in prange(n_blocks):
+        b0 = ib * block
+        _cell_rows(x, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h, reset_after,
+                   h_new, b0, min(B, b0 + block))
+
+
+@njit(**_JIT)
+def _cell_rows(x, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h, reset_after, h_new,
+               b0, b1):
+    # one step for samples b0 .. b1-1, same arithmetic as _forward_kernel
+    H = h.shape[1]
+    I = x.shape[1]
+    G = 3 * H
+    nb = b1 - b0
+    rows = np.empty(nb, np.int64)
+    local = np.empty(nb, np.int64)
+    gi = np.empty((nb, G), h.dtype)
+    gh = np.empty((nb, G), h.dtype)
+    g = np.empty((nb, 4 * H), h.dtype)
+    n_gh = G if reset_after else 2 * H
+    for s in range(nb):
+        rows[s] = b0 + s
+        local[s] = s
+        gi[s, :] = b_ih
+        gh[s, :n_gh] = b_hh[:n_gh]
+    _gemm_acc(x, rows, 0, w_ih_p, 0, I, G, gi, local, 0, nb)
+    _gemm_acc(h, rows, 0, w_rz_p, 0, H, 2 * H, gh, local, 0, nb)
+    if reset_after:
+        _gemm_acc(h, rows, 0, w_n_p, 0, H, H, gh, local, 2 * H, nb)
+        for s in range(nb):
+            _step_after(gi[s], gh[s], h[b0 + s], h_new[b0 + s], g[s], H)
+    else:
+        rh = np.empty((nb, H), h.dtype)
+        for s in range(nb):
+            _step_before_rz(gi[s], gh[s], h[b0 + s], rh[s], g[s], H)
+            gh[s, 2 * H:] = b_hh[2 * H:]
+        _gemm_acc(rh, local, 0, w_n_p, 0, H, H, gh, local, 2 * H, nb)
+        for s in range(nb):
+            _step_before_n(gi[s], gh[s], h[b0 + s], h_new[b0 + s], g[s], H)
+
+
+# ---------------------------------------------------------------------------
+# Python wrappers
+# ---------------------------------------------------------------------------
+
+def _block_size(B, H, n_threads):
+    """Samples per parallel task; any value gives the same bits."""
+    per_thread = -(-B // n_threads)
+    cap = 64 if H >= 256 else 16
+    return max(1, min(cap, per_thread))
+
+
+class _Run:
+    """Set the thread count and serialise calls when the layer needs it."""
+
+    def __init__(self, n_threads):
+        self.n = max(1, min(int(n_threads), numba.config.NUMBA_NUM_THREADS))
+        self.locked = False
+
+    def __enter__(self):
+        numba.set_num_threads(self.n)
+        if _needs_lock or not _layer_checked:
+            _serial_lock.acquire()
+            self.locked = True
+        return self
+
+    def __exit__(self, *exc):
+        global _layer_checked, _needs_lock
+        if self.locked:
+            if not _layer_checked:
+                try:
+                    _needs_lock = numba.threading_layer() == "workqueue"
+                    _layer_checked = True
+                except ValueError:
+                    pass
+            _serial_lock.release()
+        return False
+
+
+def _pack_forward(w_ih, w_hh):
+    """W_ih^T, W_hh^T[:, :2H] and W_hh^T[:, 2H:] packed for _gemm_acc."""
+    H = w_hh.shape[1]
+    width = _tile_width(H)
+    w_hh_t = w_hh.T
+    return (_pack(w_ih.T, width), _pack(w_hh_t[:, :2 * H], width),
+            _pack(w_hh_t[:, 2 * H:], width))
+
+
+def _keep(gates):
+    return gates.size > 0
+
+
+def layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse,
+                  reset_after, out, h_last, gates, n_threads=1):
+    """Run one GRU layer in one direction over a batch.
+
+    Parameters
+    ----------
+    x : ndarray of shape (B, T, I)
+        Layer input, batch first.
+    w_ih : ndarray of shape (3H, I)
+        Input weights, gate blocks r, z, n.
+    w_hh : ndarray of shape (3H, H)
+        Recurrent weights, gate blocks r, z, n.
+    b_ih, b_hh : ndarray of shape (3H,)
+        Input and recurrent biases.
+    h0 : ndarray of shape (B, H)
+        Initial state.
+    lengths : ndarray of shape (B,), int64
+        Valid steps per sample, ``1 <= lengths[b] <= T``.
+    reverse : bool
+        Process each sample from its last valid step to its first.
+    reset_after : bool
+        PyTorch / cuDNN form (True) or the original Cho et al. form (False).
+    out : ndarray of shape (B, T, H)
+        Written: state after each valid step, 0 past ``lengths[b]``.
+    h_last : ndarray of shape (B, H)
+        Written: state after the last valid step.
+    gates : ndarray of shape (B, T, 4H) or (0, 0, 0)
+        Written when not empty: ``[r, z, n, hn]`` per valid step, 0 past
+        ``lengths[b]``.
+    n_threads : int, default=1
+        Threads to use. Results do not depend on it.
+
+    Notes
+    -----
+    All floating arrays are C-contiguous and share one dtype (float32 or
+    float64); inputs are validated by the caller.
+    """
+    B, T, I = x.shape
+    H = w_hh.shape[1]
+    keep = _keep(gates)
+    gates2 = gates.reshape(B * T, 4 * H) if keep else np.empty((1, 4 * H),
+                                                               x.dtype)
+    w_ih_p, w_rz_p, w_n_p = _pack_forward(w_ih, w_hh)
+    with _Run(n_threads) as run:
+        _forward_kernel(x.reshape(B * T, I), w_ih_p, w_rz_p, w_n_p, b_ih, b_hh,
+                        h0, lengths, T, bool(reverse), bool(reset_after),
+                        out.reshape(B * T, H), h_last, gates2, keep,
+                        _block_size(B, H, run.n))
+
+
+def layer_backward(x, w_ih, w_hh, h0, lengths, reverse, reset_after, out,
+                   gates, d_out, d_h_last, d_x, d_h0, d_w_ih, d_w_hh, d_b_ih,
+                   d_b_hh, n_threads=1):
+    """Gradients of one GRU layer in one direction.
+
+    Parameters
+    ----------
+    x, w_ih, w_hh, h0, lengths, reverse, reset_after :
+        As for :func:`layer_forward`.
+    out : ndarray of shape (B, T, H)
+        What :func:`layer_forward` wrote for the same inputs.
+    gates : ndarray of shape (B, T, 4H)
+        What :func:`layer_forward` wrote for the same inputs.
+    d_out : ndarray of shape (B, T, H)
+        Gradient of the loss w.r.t. ``out`` (ignored past lengths).
+    d_h_last : ndarray of shape (B, H)
+        Gradient w.r.t. ``h_last``.
+    d_x : ndarray of shape (B, T, I)
+        Written: gradient w.r.t. ``x``, 0 past lengths.
+    d_h0 : ndarray of shape (B, H)
+        Written: gradient w.r.t. ``h0``.
+    d_w_ih : ndarray of shape (3H, I)
+        Written (overwritten, not accumulated).
+    d_w_hh : ndarray of shape (3H, H)
+        Written.
+    d_b_ih, d_b_hh : ndarray of shape (3H,)
+        Written.
+    n_threads : int, default=1
+        Threads to use. Results do not depend on it.
+    """
+    B, T, I = x.shape
+    H = w_hh.shape[1]
+    dtype = x.dtype
+    dgi2 = np.empty((B * T, 3 * H), dtype)
+    hp2 = np.empty((B * T, H), dtype)
+    if reset_after:
+        dghn2 = np.empty((B * T, H), dtype)
+        hin2 = np.empty((1, H), dtype)
+    else:
+        dghn2 = np.empty((1, H), dtype)
+        hin2 = np.empty((B * T, H), dtype)
+    with _Run(n_threads) as run:
+        width = _tile_width(H)
+        _backward_kernel(_pack(w_ih, width), _pack(w_hh, width), h0, lengths,
+                         T, bool(reverse),
+                         bool(reset_after), out.reshape(B * T, H),
+                         gates.reshape(B * T, 4 * H), d_out.reshape(B * T, H),
+                         d_h_last, d_x.reshape(B * T, I), d_h0, dgi2, dghn2,
+                         hp2, hin2, _block_size(B, H, run.n))
+        _weight_grad_kernel(x.reshape(B * T, I), dgi2, dghn2, hp2, hin2,
+                            lengths, T, bool(reset_after), d_w_ih, d_w_hh,
+                            d_b_ih, d_b_hh)
+
+
+_SERIAL_BATCH = 4   # batches up to this size run without parallel overhead
+
+
+def cell_forward(x, w_ih, w_hh, b_ih, b_hh, h, reset_after, h_new,
+                 n_threads=1):
+    """One step of one GRU layer (a GRU cell) for a batch.
+
+    Parameters
+    ----------
+    x : ndarray of shape (B, I)
+        Input at this step.
+    w_ih : ndarray of shape (3H, I)
+        Input weights, gate blocks r, z, n.
+    w_hh : ndarray of shape (3H, H)
+        Recurrent weights, gate blocks r, z, n.
+    b_ih, b_hh : ndarray of shape (3H,)
+        Input and recurrent biases.
+    h : ndarray of shape (B, H)
+        Previous state.
+    reset_after : bool
+        PyTorch / cuDNN form (True) or the original Cho et al. form (False).
+    h_new : ndarray of shape (B, H)
+        Written: the new state. Bitwise equal to what :func:`layer_forward`
+        gives for a one-step sequence.
+    n_threads : int, default=1
+        Threads to use when the batch is large enough to split.
+    """
+    B, H = h.shape
+    w_ih_p, w_rz_p, w_n_p = _pack_forward(w_ih, w_hh)
+    if B <= _SERIAL_BATCH or n_threads <= 1:
+        _cell_serial(x, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h,
+                     bool(reset_after), h_new)
+        return
+    with _Run(n_threads) as run:
+        _cell_parallel(x, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h,
+                       bool(reset_after), h_new, _block_size(B, H, run.n))

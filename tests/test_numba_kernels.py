@@ -1,0 +1,205 @@
+"""The Numba kernels against the numpy reference, and their determinism."""
+
+import itertools
+import threading
+
+import numpy as np
+import pytest
+
+numba = pytest.importorskip("numba")
+
+from numgru import _reference as ref  # noqa: E402
+from numgru import _numba_kernels as nk  # noqa: E402
+
+
+def make_problem(B, T, I, H, dtype, varied, seed=0):
+    rng = np.random.default_rng(seed)
+    p = dict(
+        x=rng.standard_normal((B, T, I)),
+        w_ih=rng.standard_normal((3 * H, I)) * 0.5,
+        w_hh=rng.standard_normal((3 * H, H)) * 0.5,
+        b_ih=rng.standard_normal(3 * H) * 0.3,
+        b_hh=rng.standard_normal(3 * H) * 0.3,
+        h0=rng.standard_normal((B, H)) * 0.5,
+        d_out=rng.standard_normal((B, T, H)),
+        d_h_last=rng.standard_normal((B, H)),
+    )
+    p = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in p.items()}
+    if varied:
+        lengths = rng.integers(1, T + 1, B)
+        lengths[0] = T
+    else:
+        lengths = np.full(B, T)
+    p["lengths"] = lengths.astype(np.int64)
+    return p
+
+
+def run(mod, p, reverse, reset_after, n_threads=1, keep_gates=True):
+    B, T, I = p["x"].shape
+    H = p["w_hh"].shape[1]
+    dt = p["x"].dtype
+    out = np.full((B, T, H), 7, dt)
+    h_last = np.full((B, H), 7, dt)
+    gates = np.full((B, T, 4 * H), 7, dt)
+    mod.layer_forward(p["x"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                      p["h0"], p["lengths"], reverse, reset_after, out, h_last,
+                      gates if keep_gates else np.empty((0, 0, 0), dt),
+                      n_threads=n_threads)
+    res = dict(out=out, h_last=h_last)
+    if not keep_gates:
+        return res
+    res["gates"] = gates
+    grads = dict(d_x=np.full_like(p["x"], 7), d_h0=np.full_like(p["h0"], 7),
+                 d_w_ih=np.full_like(p["w_ih"], 7),
+                 d_w_hh=np.full_like(p["w_hh"], 7),
+                 d_b_ih=np.full_like(p["b_ih"], 7),
+                 d_b_hh=np.full_like(p["b_hh"], 7))
+    mod.layer_backward(p["x"], p["w_ih"], p["w_hh"], p["h0"], p["lengths"],
+                       reverse, reset_after, out, gates, p["d_out"],
+                       p["d_h_last"], grads["d_x"], grads["d_h0"],
+                       grads["d_w_ih"], grads["d_w_hh"], grads["d_b_ih"],
+                       grads["d_b_hh"], n_threads=n_threads)
+    res.update(grads)
+    return res
+
+
+GRID = list(itertools.product([True, False], [False, True], [False, True]))
+
+
+@pytest.mark.parametrize("reset_after, reverse, varied", GRID)
+def test_float64_matches_reference(reset_after, reverse, varied):
+    p = make_problem(7, 6, 3, 5, np.float64, varied)
+    want = run(ref, p, reverse, reset_after)
+    got = run(nk, p, reverse, reset_after, n_threads=2)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-10,
+                                   err_msg=name)
+
+
+@pytest.mark.parametrize("reset_after, reverse", [(True, False), (False, True)])
+def test_float64_larger_shapes(reset_after, reverse):
+    # exercises every tiling remainder: rows, k groups and column tiles
+    p = make_problem(11, 5, 9, 45, np.float64, True, seed=3)
+    want = run(ref, p, reverse, reset_after)
+    got = run(nk, p, reverse, reset_after, n_threads=2)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-10,
+                                   err_msg=name)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_float32_matches_reference(reset_after):
+    p = make_problem(7, 6, 3, 5, np.float32, True)
+    p64 = {k: (v.astype(np.float64) if v.dtype == np.float32 else v)
+           for k, v in p.items()}
+    want = run(ref, p64, True, reset_after)
+    got = run(nk, p, True, reset_after, n_threads=2)
+    for name in want:
+        assert got[name].dtype == np.float32
+        scale = max(1.0, np.abs(want[name]).max())
+        np.testing.assert_allclose(got[name], want[name], rtol=0,
+                                   atol=1e-5 * scale, err_msg=name)
+
+
+def test_no_gates_forward_equals_gates_forward():
+    p = make_problem(7, 6, 3, 5, np.float32, True)
+    a = run(nk, p, False, True, keep_gates=False)
+    b = run(nk, p, False, True)
+    for name in a:
+        assert np.array_equal(a[name], b[name])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_bitwise_thread_count(dtype, reset_after):
+    p = make_problem(9, 6, 3, 21, dtype, True, seed=1)
+    one = run(nk, p, False, reset_after, n_threads=1)
+    two = run(nk, p, False, reset_after, n_threads=2)
+    for name in one:
+        assert np.array_equal(one[name], two[name]), name
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reset_after, reverse", [(True, False), (False, True)])
+def test_bitwise_batch_composition(dtype, reset_after, reverse):
+    p = make_problem(9, 6, 3, 21, dtype, True, seed=2)
+    batch = run(nk, p, reverse, reset_after, n_threads=2)
+    pos = 4
+    alone = {k: (v[pos:pos + 1].copy() if k not in ("w_ih", "w_hh", "b_ih",
+                                                   "b_hh") else v)
+             for k, v in p.items()}
+    single = run(nk, alone, reverse, reset_after, n_threads=2)
+    for name in ("out", "h_last", "gates", "d_x", "d_h0"):
+        assert np.array_equal(single[name][0], batch[name][pos]), name
+
+
+def test_concurrent_python_threads():
+    p = make_problem(16, 8, 4, 24, np.float32, True, seed=4)
+    want = run(nk, p, False, True, keep_gates=False)
+    errors = []
+
+    def work():
+        try:
+            for _ in range(5):
+                got = run(nk, p, False, True, n_threads=2, keep_gates=False)
+                for name in want:
+                    if not np.array_equal(got[name], want[name]):
+                        errors.append(name)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_activations_accuracy_and_saturation():
+    from numba import njit
+
+    @njit(error_model="numpy")
+    def apply(x):
+        t = np.empty_like(x)
+        s = np.empty_like(x)
+        for i in range(x.shape[0]):
+            t[i] = nk._tanh(x[i])
+            s[i] = nk._sigmoid(x[i])
+        return t, s
+
+    x = np.concatenate([np.linspace(-20, 20, 400001),
+                        [-1e30, -1e5, 1e5, 1e30, -np.inf, np.inf, 0.0]])
+    for dtype, tol in [(np.float32, 5e-7), (np.float64, 1e-15)]:
+        xd = x.astype(dtype)
+        t, s = apply(xd)
+        assert t.dtype == dtype and s.dtype == dtype
+        assert np.all(np.isfinite(t)) and np.all(np.isfinite(s))
+        x64 = xd.astype(np.float64)
+        with np.errstate(over="ignore"):
+            s_ref = 1.0 / (1.0 + np.exp(-x64))
+        assert np.abs(t - np.tanh(x64)).max() <= tol
+        assert np.abs(s - s_ref).max() <= tol
+        assert np.all(np.abs(t) <= 1) and np.all((s >= 0) & (s <= 1))
+        assert t[-3] == -1 and t[-2] == 1 and s[-3] == 0 and s[-2] == 1
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("B", [1, 9])
+def test_cell_forward_is_one_step(reset_after, B):
+    p = make_problem(B, 1, 3, 21, np.float32, False, seed=5)
+    layer = run(nk, p, False, reset_after, keep_gates=False)
+    for n_threads in (1, 2):
+        h_new = np.full_like(p["h0"], 7)
+        nk.cell_forward(p["x"][:, 0], p["w_ih"], p["w_hh"], p["b_ih"],
+                        p["b_hh"], p["h0"], reset_after, h_new,
+                        n_threads=n_threads)
+        assert np.array_equal(h_new, layer["out"][:, 0])
+    p64 = make_problem(B, 1, 3, 21, np.float64, False, seed=5)
+    want = np.empty_like(p64["h0"])
+    ref.cell_forward(p64["x"][:, 0], p64["w_ih"], p64["w_hh"], p64["b_ih"],
+                     p64["b_hh"], p64["h0"], reset_after, want)
+    got = np.empty_like(p64["h0"])
+    nk.cell_forward(p64["x"][:, 0], p64["w_ih"], p64["w_hh"], p64["b_ih"],
+                    p64["b_hh"], p64["h0"], reset_after, got)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
