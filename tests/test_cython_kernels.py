@@ -1,0 +1,283 @@
+"""The compiled Cython kernels against the numpy reference."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+ck = pytest.importorskip("numgru._cython_kernels")
+from numgru import _reference as ref  # noqa: E402
+
+B, T, I, H = 7, 6, 3, 5
+GRID = list(itertools.product([True, False], [False, True], [False, True]))
+GRID_IDS = [f"reset_after={ra}-reverse={rv}-varied={va}" for ra, rv, va in GRID]
+
+FORWARD_OUTPUTS = ("out", "h_last", "gates")
+GRADIENTS = ("d_x", "d_h0", "d_w_ih", "d_w_hh", "d_b_ih", "d_b_hh")
+
+
+def make_problem(B, T, I, H, dtype, varied, seed=0):
+    rng = np.random.default_rng(seed)
+    scale = 1.0 / np.sqrt(H)
+    p = {
+        "x": rng.standard_normal((B, T, I)),
+        "w_ih": rng.uniform(-scale, scale, (3 * H, I)) * 2,
+        "w_hh": rng.uniform(-scale, scale, (3 * H, H)) * 2,
+        "b_ih": rng.uniform(-scale, scale, 3 * H),
+        "b_hh": rng.uniform(-scale, scale, 3 * H),
+        "h0": rng.standard_normal((B, H)) * 0.5,
+        "d_out": rng.standard_normal((B, T, H)),
+        "d_h_last": rng.standard_normal((B, H)),
+    }
+    p = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in p.items()}
+    if varied:
+        lengths = rng.integers(1, T + 1, size=B)
+        lengths[0] = T
+        lengths[-1] = 1
+    else:
+        lengths = np.full(B, T)
+    p["lengths"] = lengths.astype(np.int64)
+    return p
+
+
+def run_forward(mod, p, reverse, reset_after, n_threads=1, keep_gates=True):
+    B, T, _ = p["x"].shape
+    H = p["w_hh"].shape[1]
+    dtype = p["x"].dtype
+    out = np.full((B, T, H), np.nan, dtype=dtype)
+    h_last = np.full((B, H), np.nan, dtype=dtype)
+    shape = (B, T, 4 * H) if keep_gates else (0, 0, 0)
+    gates = np.full(shape, np.nan, dtype=dtype)
+    mod.layer_forward(p["x"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                      p["h0"], p["lengths"], reverse, reset_after, out, h_last,
+                      gates, n_threads=n_threads)
+    return {"out": out, "h_last": h_last, "gates": gates}
+
+
+def run_backward(mod, p, fwd, reverse, reset_after, n_threads=1):
+    dtype = p["x"].dtype
+    g = {
+        "d_x": np.full(p["x"].shape, np.nan, dtype=dtype),
+        "d_h0": np.full(p["h0"].shape, np.nan, dtype=dtype),
+        "d_w_ih": np.full(p["w_ih"].shape, np.nan, dtype=dtype),
+        "d_w_hh": np.full(p["w_hh"].shape, np.nan, dtype=dtype),
+        "d_b_ih": np.full(p["b_ih"].shape, np.nan, dtype=dtype),
+        "d_b_hh": np.full(p["b_hh"].shape, np.nan, dtype=dtype),
+    }
+    mod.layer_backward(p["x"], p["w_ih"], p["w_hh"], p["h0"], p["lengths"],
+                       reverse, reset_after, fwd["out"], fwd["gates"],
+                       p["d_out"], p["d_h_last"], g["d_x"], g["d_h0"],
+                       g["d_w_ih"], g["d_w_hh"], g["d_b_ih"], g["d_b_hh"],
+                       n_threads=n_threads)
+    return g
+
+
+def both(mod, p, reverse, reset_after, n_threads=1):
+    fwd = run_forward(mod, p, reverse, reset_after, n_threads)
+    return fwd, run_backward(mod, p, fwd, reverse, reset_after, n_threads)
+
+
+def assert_same_bits(a, b, name):
+    assert a.dtype == b.dtype and a.shape == b.shape, name
+    assert a.tobytes() == b.tobytes(), f"{name} differs bitwise"
+
+
+@pytest.fixture(params=ck._supported_simd_levels())
+def simd_level(request):
+    """Run a test with the kernels of each instruction-set level the CPU has."""
+    previous = ck.SIMD_LEVEL
+    ck._set_simd_level(request.param)
+    yield request.param
+    ck._set_simd_level(previous)
+
+
+def test_module_constants():
+    assert isinstance(ck.OPENMP_ENABLED, bool)
+    assert ck.SIMD_LEVEL == ck._supported_simd_levels()[-1]
+    assert "baseline" in ck._supported_simd_levels()
+    with pytest.raises(ValueError, match="SIMD level"):
+        ck._set_simd_level("sse1")
+
+
+@pytest.mark.parametrize("reset_after, reverse, varied", GRID, ids=GRID_IDS)
+def test_float64_matches_reference(reset_after, reverse, varied, simd_level):
+    p = make_problem(B, T, I, H, np.float64, varied)
+    fwd_ref, grad_ref = both(ref, p, reverse, reset_after)
+    fwd, grad = both(ck, p, reverse, reset_after)
+    for name in FORWARD_OUTPUTS:
+        np.testing.assert_allclose(fwd[name], fwd_ref[name], rtol=0,
+                                   atol=1e-10, err_msg=name)
+    for name in GRADIENTS:
+        np.testing.assert_allclose(grad[name], grad_ref[name], rtol=0,
+                                   atol=1e-10, err_msg=name)
+
+
+@pytest.mark.parametrize("reset_after, reverse, varied", GRID, ids=GRID_IDS)
+def test_float32_matches_reference(reset_after, reverse, varied, simd_level):
+    p = make_problem(B, T, I, H, np.float32, varied, seed=1)
+    p64 = {k: (v.astype(np.float64) if v.dtype == np.float32 else v)
+           for k, v in p.items()}
+    fwd_ref, grad_ref = both(ref, p64, reverse, reset_after)
+    fwd, grad = both(ck, p, reverse, reset_after)
+    for name in FORWARD_OUTPUTS:
+        assert fwd[name].dtype == np.float32
+        np.testing.assert_allclose(fwd[name], fwd_ref[name], rtol=0,
+                                   atol=1e-5, err_msg=name)
+    for name in GRADIENTS:
+        assert grad[name].dtype == np.float32
+        np.testing.assert_allclose(grad[name], grad_ref[name], rtol=1e-5,
+                                   atol=2e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_larger_sizes_match_reference(dtype, simd_level):
+    # sizes that exercise the vector paths of the matrix products
+    p = make_problem(37, 9, 20, 40, dtype, varied=True, seed=2)
+    p64 = {k: (v.astype(np.float64) if v.dtype.kind == "f" else v)
+           for k, v in p.items()}
+    tol = 1e-10 if dtype == np.float64 else 5e-5
+    for reset_after, reverse in itertools.product([True, False], repeat=2):
+        fwd_ref, grad_ref = both(ref, p64, reverse, reset_after)
+        fwd, grad = both(ck, p, reverse, reset_after, n_threads=2)
+        for name in FORWARD_OUTPUTS:
+            np.testing.assert_allclose(fwd[name], fwd_ref[name], rtol=0,
+                                       atol=tol, err_msg=name)
+        for name in GRADIENTS:
+            np.testing.assert_allclose(grad[name], grad_ref[name], rtol=tol,
+                                       atol=tol, err_msg=name)
+
+
+def test_forward_without_gates_matches():
+    p = make_problem(B, T, I, H, np.float64, varied=True)
+    with_gates = run_forward(ck, p, False, True)
+    without = run_forward(ck, p, False, True, keep_gates=False)
+    assert_same_bits(with_gates["out"], without["out"], "out")
+    assert_same_bits(with_gates["h_last"], without["h_last"], "h_last")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_bitwise_same_for_any_thread_count(dtype, reset_after, reverse,
+                                           simd_level):
+    p = make_problem(45, 11, 19, 37, dtype, varied=True, seed=3)
+    fwd1, grad1 = both(ck, p, reverse, reset_after, n_threads=1)
+    fwd2, grad2 = both(ck, p, reverse, reset_after, n_threads=2)
+    fwd3, grad3 = both(ck, p, reverse, reset_after, n_threads=3)
+    for name in FORWARD_OUTPUTS:
+        assert_same_bits(fwd1[name], fwd2[name], name)
+        assert_same_bits(fwd1[name], fwd3[name], name)
+    for name in GRADIENTS:
+        assert_same_bits(grad1[name], grad2[name], name)
+        assert_same_bits(grad1[name], grad3[name], name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_sample_alone_equals_sample_in_batch(dtype, reset_after, reverse,
+                                             simd_level):
+    p = make_problem(9, 8, 6, 21, dtype, varied=True, seed=4)
+    fwd, grad = both(ck, p, reverse, reset_after, n_threads=2)
+    k = 4
+    per_sample = ("x", "h0", "d_out", "d_h_last", "lengths")
+    alone = {name: (np.ascontiguousarray(v[k:k + 1]) if name in per_sample
+                    else v) for name, v in p.items()}
+    fwd_a, grad_a = both(ck, alone, reverse, reset_after, n_threads=2)
+    for name in FORWARD_OUTPUTS:
+        assert_same_bits(fwd_a[name][0], fwd[name][k], name)
+    for name in ("d_x", "d_h0"):
+        assert_same_bits(grad_a[name][0], grad[name][k], name)
+
+
+def _cell_reference(p, reset_after):
+    step = {k: v for k, v in p.items()}
+    step["x"] = p["x"][:, :1].copy()
+    step["lengths"] = np.ones(len(p["x"]), dtype=np.int64)
+    if hasattr(ref, "cell_forward"):
+        H = p["w_hh"].shape[1]
+        h_new = np.empty((len(p["x"]), H), dtype=p["x"].dtype)
+        ref.cell_forward(step["x"][:, 0], p["w_ih"], p["w_hh"], p["b_ih"],
+                         p["b_hh"], p["h0"], reset_after, h_new)
+        return h_new
+    return run_forward(ref, step, False, reset_after)["h_last"]
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_cell_forward(reset_after):
+    p = make_problem(B, T, I, H, np.float64, varied=False, seed=5)
+    x = np.ascontiguousarray(p["x"][:, 0])
+    h_new = np.full(p["h0"].shape, np.nan)
+    ck.cell_forward(x, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], p["h0"],
+                    reset_after, h_new)
+    np.testing.assert_allclose(h_new, _cell_reference(p, reset_after),
+                               rtol=0, atol=1e-10)
+    # same bits as one step of the layer kernel, for any thread count
+    step = dict(p, x=np.ascontiguousarray(p["x"][:, :1]),
+                lengths=np.ones(B, dtype=np.int64))
+    layer = run_forward(ck, step, False, reset_after)["h_last"]
+    assert_same_bits(h_new, layer, "h_new")
+    h_new2 = np.empty_like(h_new)
+    ck.cell_forward(x, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], p["h0"],
+                    reset_after, h_new2, n_threads=2)
+    assert_same_bits(h_new, h_new2, "h_new")
+
+
+def test_cell_forward_float32():
+    p = make_problem(B, T, I, H, np.float32, varied=False, seed=6)
+    x = np.ascontiguousarray(p["x"][:, 0])
+    h_new = np.empty(p["h0"].shape, dtype=np.float32)
+    ck.cell_forward(x, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], p["h0"],
+                    True, h_new)
+    p64 = {k: (v.astype(np.float64) if v.dtype.kind == "f" else v)
+           for k, v in p.items()}
+    np.testing.assert_allclose(h_new, _cell_reference(p64, True), rtol=0,
+                               atol=1e-5)
+
+
+def test_read_only_inputs():
+    p = make_problem(B, T, I, H, np.float64, varied=True, seed=7)
+    for name in ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "lengths"):
+        p[name].flags.writeable = False
+    fwd_ref = run_forward(ref, p, False, True)
+    fwd = run_forward(ck, p, False, True)
+    np.testing.assert_allclose(fwd["out"], fwd_ref["out"], rtol=0, atol=1e-10)
+
+
+def test_nonlinearities_float32_accuracy(simd_level):
+    # tanh and sigmoid through a layer with identity-like weights:
+    # H = 1, I = 1, w_ih picks x into every gate, everything else zero.
+    x = np.linspace(-20, 20, 200001).astype(np.float32)
+    n = x.size
+    p = {
+        "x": x.reshape(n, 1, 1),
+        "w_ih": np.ones((3, 1), dtype=np.float32),
+        "w_hh": np.zeros((3, 1), dtype=np.float32),
+        "b_ih": np.zeros(3, dtype=np.float32),
+        "b_hh": np.zeros(3, dtype=np.float32),
+        "h0": np.zeros((n, 1), dtype=np.float32),
+        "lengths": np.ones(n, dtype=np.int64),
+    }
+    gates = run_forward(ck, p, False, True)["gates"][:, 0]
+    x64 = x.astype(np.float64)
+    assert np.abs(gates[:, 0] - 1 / (1 + np.exp(-x64))).max() <= 5e-7
+    assert np.abs(gates[:, 2] - np.tanh(x64)).max() <= 5e-7
+
+
+@pytest.mark.skipif(not {"avx2", "avx512"} <= set(ck._supported_simd_levels()),
+                    reason="needs a CPU with AVX-512")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_avx2_and_avx512_give_the_same_bits(dtype):
+    # both levels use one fused multiply-add per term, in the same order
+    p = make_problem(11, 7, 21, 35, dtype, varied=True, seed=8)
+    previous = ck.SIMD_LEVEL
+    results = {}
+    try:
+        for level in ("avx2", "avx512"):
+            ck._set_simd_level(level)
+            results[level] = both(ck, p, True, True, n_threads=2)
+    finally:
+        ck._set_simd_level(previous)
+    for part in (0, 1):
+        for name, value in results["avx2"][part].items():
+            assert_same_bits(value, results["avx512"][part][name], name)
