@@ -1,12 +1,19 @@
 """Thread count shared by every compiled backend."""
 
 import os
+import threading
+from contextlib import contextmanager
 
 from ._validation import check_positive_int
 
-__all__ = ["set_num_threads", "get_num_threads"]
+__all__ = ["set_num_threads", "get_num_threads", "thread_limit"]
 
 _num_threads = max(1, os.cpu_count() or 1)
+_local = threading.local()
+
+
+def _clip(n):
+    return min(n, max(1, os.cpu_count() or 1))
 
 
 def set_num_threads(n):
@@ -22,15 +29,40 @@ def set_num_threads(n):
         clipped to it.
     """
     global _num_threads
-    n = check_positive_int(n, "n")
-    _num_threads = min(n, max(1, os.cpu_count() or 1))
+    _num_threads = _clip(check_positive_int(n, "n"))
 
 
 def get_num_threads():
     """Return how many threads numgru's compiled kernels use.
 
+    Inside :func:`thread_limit`, the limit set there for the calling Python
+    thread.
+
     Returns
     -------
     n : int
     """
-    return _num_threads
+    return getattr(_local, "limit", None) or _num_threads
+
+
+@contextmanager
+def thread_limit(n):
+    """Use ``n`` kernel threads in the calling Python thread only, for a block.
+
+    Other Python threads keep their own setting, so two web-server workers
+    predicting with different ``n_jobs`` do not interfere.
+
+    Parameters
+    ----------
+    n : int or None
+        Number of threads; None leaves the setting alone.
+    """
+    if n is None:
+        yield
+        return
+    previous = getattr(_local, "limit", None)
+    _local.limit = _clip(check_positive_int(n, "n"))
+    try:
+        yield
+    finally:
+        _local.limit = previous
