@@ -77,6 +77,17 @@ def resolve_backend(name):
     return name
 
 
+_resolved = {}
+
+
 def get_backend(name):
-    """Return the kernel module for a backend name (``"auto"`` allowed)."""
-    return _loaded[resolve_backend(name)]
+    """Return the kernel module for a backend name (``"auto"`` allowed).
+
+    Resolutions are remembered per name and value of ``NUMGRU_BACKEND``, so
+    the per-call cost stays a dictionary lookup.
+    """
+    key = (name, os.environ.get("NUMGRU_BACKEND"))
+    module = _resolved.get(key)
+    if module is None:
+        module = _resolved[key] = _loaded[resolve_backend(name)]
+    return module

@@ -55,6 +55,21 @@ def check_float_array(value, name, shape, dtype, allow_empty=False):
     -------
     array : ndarray of shape ``shape``
     """
+    if (type(value) is np.ndarray and value.dtype == dtype
+            and value.flags.c_contiguous and value.ndim == len(shape)
+            and all(not isinstance(wanted, int) or actual == wanted
+                    for actual, wanted in zip(value.shape, shape))
+            and (allow_empty or value.size)):
+        array = value  # already in the right form: only finiteness to check
+    else:
+        array = _convert_float_array(value, name, shape, dtype, allow_empty)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    return array
+
+
+def _convert_float_array(value, name, shape, dtype, allow_empty):
+    """Shape and type checks of :func:`check_float_array`, then the conversion."""
     try:
         array = np.asarray(value)
     except Exception as exc:  # ragged lists and foreign objects
@@ -77,10 +92,7 @@ def check_float_array(value, name, shape, dtype, allow_empty=False):
                 f"(axis {axis} is {actual}, expected {wanted})")
     if not allow_empty and array.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {array.shape}")
-    array = np.ascontiguousarray(array, dtype=dtype)
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name} contains NaN or infinity")
-    return array
+    return np.ascontiguousarray(array, dtype=dtype)
 
 
 def check_lengths(lengths, n_samples, n_steps):

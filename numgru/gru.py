@@ -5,6 +5,7 @@ The per-layer, per-direction loops run in a backend's kernels
 parameters and everything the user passes in.
 """
 
+import functools
 import numbers
 
 import numpy as np
@@ -147,13 +148,21 @@ class GRU:
 
     def _layer_params(self, layer, direction):
         """(w_ih, w_hh, b_ih, b_hh) of one layer and direction, biases zero if absent."""
-        key = f"l{layer}{self._suffixes()[direction]}"
-        w_ih = self.params[f"weight_ih_{key}"]
-        w_hh = self.params[f"weight_hh_{key}"]
+        names = self._layer_names[layer][direction]
+        params = self.params
         if self.bias:
-            return w_ih, w_hh, self.params[f"bias_ih_{key}"], self.params[f"bias_hh_{key}"]
+            return (params[names[0]], params[names[1]], params[names[2]],
+                    params[names[3]])
         zeros = np.zeros(3 * self.hidden_size, dtype=self.dtype)
-        return w_ih, w_hh, zeros, zeros
+        return params[names[0]], params[names[1]], zeros, zeros
+
+    @functools.cached_property
+    def _layer_names(self):
+        """Parameter names per layer and direction: [layer][direction] -> 4 names."""
+        return [[tuple(f"{kind}_l{layer}{suffix}" for kind in
+                       ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+                 for suffix in self._suffixes()]
+                for layer in range(self.num_layers)]
 
     # ------------------------------------------------------------- state dict
     def state_dict(self):
@@ -351,12 +360,12 @@ class GRU:
                     direction == 1, self.reset_after, record["outputs"][direction],
                     record["gates"][direction], d_out, d_h_n[index], d_x,
                     d_h0[index], d_w_ih, d_w_hh, d_b_ih, d_b_hh, n_threads)
-                key = f"l{layer}{self._suffixes()[direction]}"
-                grads[f"weight_ih_{key}"] = d_w_ih
-                grads[f"weight_hh_{key}"] = d_w_hh
+                names = self._layer_names[layer][direction]
+                grads[names[0]] = d_w_ih
+                grads[names[1]] = d_w_hh
                 if self.bias:
-                    grads[f"bias_ih_{key}"] = d_b_ih
-                    grads[f"bias_hh_{key}"] = d_b_hh
+                    grads[names[2]] = d_b_ih
+                    grads[names[3]] = d_b_hh
                 if d_layer_input is None:
                     d_layer_input = d_x
                 else:
