@@ -6,8 +6,8 @@ rest of ``benchmarks/`` so it can be shipped inside a package as is.
 
 Method
 ------
-- Every contestant runs float32 on 2 threads: ``numgru.set_num_threads(2)``,
-  ``torch.set_num_threads(2)``, ONNX Runtime with ``intra_op_num_threads=2``,
+- Every contestant runs float32 on 2 threads (``--threads`` changes it):
+  ``numgru.set_num_threads(2)``, ``torch.set_num_threads(2)``, ONNX Runtime with ``intra_op_num_threads=2``,
   ``inter_op_num_threads=1`` and sequential execution; BLAS called from
   numpy is limited to 2 threads with threadpoolctl.
 - Timings are interleaved: each repeat runs every contestant of a shape once,
@@ -60,7 +60,7 @@ __all__ = [
     "forward_flops",
     "machine_description",
     "measure_sgemm_rate",
-    "time_interleaved",
+    "interleaved_timings",
     "make_onnx_gru_session",
 ]
 
@@ -179,6 +179,10 @@ def _load_average():
         return "unknown"
 
 
+def _threads_text(n_threads):
+    return f"{n_threads} thread" + ("" if n_threads == 1 else "s")
+
+
 def _blas_limits(n_threads):
     """Context manager limiting BLAS threads (no-op without threadpoolctl)."""
     threadpoolctl = _import_optional("threadpoolctl")
@@ -219,7 +223,7 @@ def measure_sgemm_rate(size=2048, n_threads=N_THREADS, repeats=7):
     return 2.0 * size**3 / best / 1e9
 
 
-def time_interleaved(calls, repeats, min_time):
+def interleaved_timings(calls, repeats, min_time):
     """Median time per call of several callables, timed round-robin.
 
     Parameters
@@ -276,7 +280,8 @@ def _reorder_rzn_to_zrn(array, n_hidden):
     return np.concatenate([z, r, n], axis=0)
 
 
-def make_onnx_gru_session(params, shape, with_initial_state=False):
+def make_onnx_gru_session(params, shape, with_initial_state=False,
+                          n_threads=N_THREADS):
     """An ONNX Runtime session running one ``GRU`` node with numgru's weights.
 
     Parameters
@@ -290,6 +295,8 @@ def make_onnx_gru_session(params, shape, with_initial_state=False):
         Add an ``initial_h`` input of shape (1, B, H) and return only ``Y_h``
         (for streaming steps); otherwise return ``Y`` and ``Y_h`` starting
         from zeros.
+    n_threads : int, default=2
+        ``intra_op_num_threads`` of the session.
 
     Returns
     -------
@@ -332,7 +339,7 @@ def make_onnx_gru_session(params, shape, with_initial_state=False):
     model.ir_version = 8
     onnx.checker.check_model(model)
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = N_THREADS
+    options.intra_op_num_threads = n_threads
     options.inter_op_num_threads = 1
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -353,11 +360,14 @@ class Contestants:
     engines : set of str
         Anchors to time: a subset of {"torch", "ort"}, restricted to those
         installed.
+    n_threads : int, default=2
+        Threads given to every engine.
     """
 
-    def __init__(self, shape_name, backends, engines):
+    def __init__(self, shape_name, backends, engines, n_threads=N_THREADS):
         import numgru
 
+        self.n_threads = n_threads
         self.shape_name = shape_name
         self.shape = ALL_SHAPES[shape_name]
         self.is_stream = shape_name == STREAM_STEP
@@ -413,7 +423,7 @@ class Contestants:
         """Timed callables of PyTorch ``nn.GRU`` (``nn.GRUCell`` for the stream shape)."""
         import torch
 
-        torch.set_num_threads(N_THREADS)
+        torch.set_num_threads(self.n_threads)
         n_samples, n_steps, n_inputs, n_hidden = self.shape
         if self.is_stream:
             cell = torch.nn.GRUCell(n_inputs, n_hidden)
@@ -453,7 +463,8 @@ class Contestants:
         """Timed callable of ONNX Runtime's GRU operator (forward only)."""
         n_samples, n_steps, n_inputs, n_hidden = self.shape
         session, output_names = make_onnx_gru_session(
-            self.params, self.shape, with_initial_state=self.is_stream)
+            self.params, self.shape, with_initial_state=self.is_stream,
+            n_threads=self.n_threads)
         x_time_major = np.ascontiguousarray(self.x.transpose(1, 0, 2))
         feeds = {"X": x_time_major}
         if self.is_stream:
@@ -648,19 +659,22 @@ def _ratio(numerator, denominator):
     return f"{numerator / denominator:.2f}"
 
 
-def speed_tables(results, backends, sgemm_gflops, statistic="median"):
+def speed_tables(results, backends, sgemm_gflops, statistic="median",
+                 n_threads=N_THREADS):
     """Markdown tables of times, ratios and numgru's flop rates.
 
     Parameters
     ----------
     results : dict
-        ``results[shape_name][(engine, kind)]`` is :func:`time_interleaved`'s
+        ``results[shape_name][(engine, kind)]`` is :func:`interleaved_timings`'s
         entry.
     backends : list of str
     sgemm_gflops : float or None
         When None, the flop-rate table is left out.
     statistic : {"median", "min"}, default="median"
         Which time per call of the repeats to report.
+    n_threads : int, default=2
+        Threads of the matrix product behind ``sgemm_gflops``.
 
     Returns
     -------
@@ -694,7 +708,7 @@ def speed_tables(results, backends, sgemm_gflops, statistic="median"):
         return "\n".join(lines)
     lines += [
         "",
-        f"Measured float32 BLAS matrix product (2048 x 2048, {N_THREADS} threads): "
+        f"Measured float32 BLAS matrix product (2048 x 2048, {_threads_text(n_threads)}): "
         f"{sgemm_gflops:.0f} GFLOP/s.",
         "",
         "| shape | backend | fwd GFLOP/s | fwd % of sgemm | train GFLOP/s "
@@ -777,6 +791,8 @@ def build_parser():
         "--backends", default=None,
         help="comma-separated numgru backends (default: every available compiled "
              "backend, or numpy when none is)")
+    parser.add_argument("--threads", type=int, default=N_THREADS,
+                        help=f"threads for every engine (default {N_THREADS})")
     parser.add_argument("--anchors", default="torch,ort",
                         help="comma-separated anchors among torch, ort, or 'none'")
     parser.add_argument("--quick", action="store_true",
@@ -839,28 +855,29 @@ def main(argv=None):
     if "ort" in engines and _import_optional("onnx") is None:
         engines.discard("ort")
 
-    numgru.set_num_threads(N_THREADS)
+    n_threads = args.threads
+    numgru.set_num_threads(n_threads)
     info = machine_description()
     report = ["# numgru performance comparison", ""]
     report += [f"- {key}: {value}" for key, value in info.items()]
-    report += [f"- threads: {N_THREADS} for every engine; float32; median of "
+    report += [f"- threads: {_threads_text(n_threads)} for every engine; float32; median of "
                f"{repeats} interleaved repeats, >= {min_time * 1e3:.0f} ms per timing",
                f"- numgru backends: {', '.join(backends)}; anchors: "
                f"{', '.join(sorted(engines)) or 'none'}", ""]
     print("\n".join(report), flush=True)
 
     problems = []
-    sgemm_gflops = measure_sgemm_rate()
+    sgemm_gflops = measure_sgemm_rate(n_threads=n_threads)
     results = {}
-    with _blas_limits(N_THREADS):
+    with _blas_limits(n_threads):
         for shape_name in shape_names:
-            contestants = Contestants(shape_name, backends, engines)
+            contestants = Contestants(shape_name, backends, engines, n_threads)
             calls = contestants.all_calls()
             problems += contestants.problems
             contestants.problems = []
             if not calls:
                 continue
-            timed = time_interleaved(calls, repeats, min_time)
+            timed = interleaved_timings(calls, repeats, min_time)
             results[shape_name] = timed
             problems += contestants.problems
             spread = "; ".join(
@@ -873,7 +890,7 @@ def main(argv=None):
                 "Times are per call; ratio = numgru time / the fastest anchor's "
                 "time (below 1: numgru is faster). For the stream step, fwd is "
                 "`GRU.step` vs `nn.GRUCell` vs a one-step ONNX Runtime GRU.", "",
-                speed_tables(results, backends, sgemm_gflops),
+                speed_tables(results, backends, sgemm_gflops, n_threads=n_threads),
                 "", "Fastest of the repeats instead of the median (less sensitive "
                 "to load from other processes, more to luck):", "",
                 speed_tables(results, backends, None, statistic="min")]

@@ -57,7 +57,11 @@ def test_suite_has_benchmarks():
 
 
 @pytest.mark.parametrize("benchmark_class", benchmark_classes())
-def test_benchmark_runs_once(benchmark_class):
+def test_benchmark_runs_once(benchmark_class, monkeypatch):
+    from benchmarks import bench_estimators
+
+    monkeypatch.setattr(bench_estimators, "N_BATCHES", 1)
+    monkeypatch.setattr(bench_estimators, "MAX_ITER", 1)
     args = smallest_params(benchmark_class)
     benchmark = benchmark_class()
     try:
@@ -95,7 +99,7 @@ def test_compare_flops_and_timer():
             counts[name] += 1
         return call
 
-    timed = compare.time_interleaved({"a": make("a"), "b": make("b")},
+    timed = compare.interleaved_timings({"a": make("a"), "b": make("b")},
                                      repeats=3, min_time=1e-3)
     assert set(timed) == {"a", "b"}
     for entry in timed.values():
@@ -130,7 +134,7 @@ def test_onnx_gru_matches_numgru():
 def test_compare_main_quick(tmp_path, capsys, monkeypatch):
     from benchmarks import compare
 
-    monkeypatch.setattr(compare, "measure_sgemm_rate", lambda: 100.0)
+    monkeypatch.setattr(compare, "measure_sgemm_rate", lambda **options: 100.0)
     report = tmp_path / "report.md"
     code = compare.main(["--backends", "numpy", "--shapes", "small", "--repeats", "1",
                          "--min-time", "0.001", "--anchors", "none", "--skip-memory",
@@ -158,3 +162,11 @@ def test_memory_and_startup_subprocesses():
     startup = compare.measure_startup("numpy")
     for phase in ("cold", "warm"):
         assert startup[phase]["import"] > 0 and startup[phase]["first_call"] > 0
+
+
+def test_compare_defines_no_asv_benchmark():
+    from benchmarks import compare
+
+    asv_prefixes = BENCHMARK_PREFIXES + ("Time", "Mem", "Peakmem", "Track")
+    offenders = [name for name in vars(compare) if name.startswith(asv_prefixes)]
+    assert not offenders, f"asv would collect {offenders} from compare.py"

@@ -102,15 +102,13 @@ def make_work(backend):
 
 
 def test_sampler_sees_a_busy_thread():
-    deadline = time.perf_counter() + 10 * SAMPLE_SECONDS
-
     def spin():
         end = time.perf_counter() + 0.01
         while time.perf_counter() < end:
             pass
 
     runnable, totals, _ = run_while_sampling(spin)
-    assert len(runnable) > 10 or time.perf_counter() > deadline
+    assert len(runnable) > 10
     assert np.median(runnable) >= 1
     assert totals.min() >= 1
 
