@@ -10,6 +10,8 @@ The anchor shapes are (batch B, steps T, inputs I, hidden H).
 
 import numpy as np
 
+from .compare import N_THREADS, SHAPES, STREAM_STEP_SHAPE
+
 __all__ = [
     "ANCHOR_SHAPES",
     "BACKENDS",
@@ -19,17 +21,9 @@ __all__ = [
     "skip_unless_runnable",
 ]
 
-#: Anchor shapes, name to (B, T, I, H).
-ANCHOR_SHAPES = {
-    "textbook_torch": (32, 20, 50, 128),
-    "textbook_keras": (32, 100, 1, 64),
-    "small": (32, 50, 8, 32),
-    "medium": (64, 100, 32, 128),
-    "large": (128, 100, 128, 512),
-}
-
-#: Streaming inference: one step of one sample, (B, T, I, H).
-STREAM_STEP_SHAPE = (1, 1, 32, 128)
+#: Anchor shapes, name to (B, T, I, H): the comparison script's, with names
+#: that are valid asv parameter identifiers.
+ANCHOR_SHAPES = {name.replace("-", "_"): shape for name, shape in SHAPES.items()}
 
 #: Every backend name; those not importable here are skipped in ``setup``.
 #: Listing them all keeps the parameter grid the same across commits.
@@ -37,9 +31,6 @@ BACKENDS = ["numba", "cython", "numpy"]
 
 #: Shapes at which the numpy reference backend is too slow to be worth timing.
 SLOW_FOR_NUMPY = ("medium", "large")
-
-#: Threads given to numgru in every benchmark.
-N_THREADS = 2
 
 DTYPE = np.float32
 
