@@ -25,10 +25,11 @@ class ForwardCache:
     every layer and direction, and the dropout masks used.
     """
 
-    def __init__(self, model, x_shape, lengths, layers):
+    def __init__(self, model, x_shape, lengths, h0, layers):
         self.model = model
         self.x_shape = x_shape
         self.lengths = lengths
+        self.h0 = h0
         # one dict per layer: input, h0s, outputs, gates, dropout mask
         self.layers = layers
 
@@ -293,9 +294,8 @@ class GRU:
                                       "gates": gates_per_direction})
             layer_input = outputs[0] if D == 1 else np.concatenate(outputs, axis=2)
         if return_cache:
-            cache = ForwardCache(self, x.shape, lengths, layer_records)
-            cache.h0 = h0
-            return layer_input, h_n, cache
+            return layer_input, h_n, ForwardCache(self, x.shape, lengths, h0,
+                                                  layer_records)
         return layer_input, h_n
 
     __call__ = forward
