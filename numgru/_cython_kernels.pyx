@@ -1,29 +1,39 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 # cython: cdivision=True, initializedcheck=False, nonecheck=False
-"""Compiled GRU kernels (Cython, OpenMP): the fallback backend.
+"""Compiled GRU kernels (Cython): the fallback backend.
 
 Same functions, arguments and shapes as :mod:`numgru._reference`; see its
-module docstring. Samples are split into blocks and blocks run in parallel
-(``prange`` over blocks, static schedule). Every value a sample produces is
-computed by the same sequence of floating-point operations whatever the
-thread count, the batch size or the sample's position in the batch: matrix
+module docstring. Samples are split into blocks; with several threads the
+blocks (and, in the backward pass, column pieces of the weight gradients)
+are work items split statically over OpenMP threads
+(``prange(..., nogil=True, schedule="static")``), and small calls (under
+``_serial_flops``) run on the calling thread alone. Every value a sample produces is computed by the
+same sequence of floating-point operations whatever the thread count, the
+block size, the batch size or the sample's position in the batch: matrix
 products accumulate over their inner index in ascending order, one element at
 a time (vector lanes never combine), with the same multiply-add in vector and
 scalar code, and the compiler is not allowed to contract other expressions
-into fused multiply-adds. Weight and bias gradients are owned column by column by one
-thread and summed over samples, then steps, in ascending order.
+into fused multiply-adds. Weight and bias gradients are owned column by
+column by one work item and summed over samples, then steps, in ascending
+order. :func:`cell_forward` reads the weights as they are (no packing) and
+gives the same bits as one step of :func:`layer_forward`.
 
 ``OPENMP_ENABLED`` tells whether the module was built with OpenMP; without
-it the kernels run serially and give the same results. ``SIMD_LEVEL`` names
-the instruction set the matrix products and float32 activations use, chosen
-once at import from what the CPU supports.
+it the work items run one after another on the calling thread, with the same
+results. ``SIMD_LEVEL``
+names the instruction set the matrix products and float32 activations use,
+chosen once at import from what the CPU supports.
 """
 
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
+from libc.stdlib cimport malloc, free
+from cpython.buffer cimport PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE
 from libc.math cimport exp, tanh
 from cython cimport floating
 from cython.parallel cimport prange
+
+import os
 
 import numpy as np
 
@@ -69,14 +79,96 @@ cdef extern from *:
     #define NG_MADD_PLAIN(a, b, c) ((c) + (a) * (b))
 
     /* C[m, n] for n0 <= n < N, one element at a time */
+    /* eight rows at a time: eight independent chains */
     #define NG_GEMM_COLUMNS(T, MADD_S)                                         \
-        for (ptrdiff_t m = 0; m < M; m++)                                      \
-            for (ptrdiff_t n = n0; n < N; n++) {                               \
+        for (ptrdiff_t n = n0; n < N; n++) {                                   \
+            ptrdiff_t m = 0;                                                   \
+            for (; m + 8 <= M; m += 8) {                                       \
+                T c[8];                                                        \
+                for (int i = 0; i < 8; i++) c[i] = C[(m + i) * ldc + n];       \
+                for (ptrdiff_t k = 0; k < kn; k++) {                           \
+                    const T bk = Bk[k * ldb + n];                              \
+                    const T *ak = Ak + m * sam + k * sak;                      \
+                    for (int i = 0; i < 8; i++)                                \
+                        c[i] = MADD_S(ak[i * sam], bk, c[i]);                  \
+                }                                                              \
+                for (int i = 0; i < 8; i++) C[(m + i) * ldc + n] = c[i];       \
+            }                                                                  \
+            for (; m < M; m++) {                                               \
                 T acc = C[m * ldc + n];                                        \
                 for (ptrdiff_t k = 0; k < kn; k++)                             \
                     acc = MADD_S(Ak[m * sam + k * sak], Bk[k * ldb + n], acc); \
                 C[m * ldc + n] = acc;                                          \
-            }
+            }                                                                  \
+        }
+
+
+    /* the last N < L columns: C[m, n] += sum_k A[m, k] * B[k, n] */
+    #define NG_DEFINE_TAIL(NAME, ATTR, T, MADD_S)                              \
+    ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t kn,              \
+        const T *Ak, ptrdiff_t sam, ptrdiff_t sak,                             \
+        const T *Bk, ptrdiff_t ldb, T *C, ptrdiff_t ldc)                       \
+    {                                                                          \
+        const ptrdiff_t n0 = 0;                                                \
+        NG_GEMM_COLUMNS(T, MADD_S)                                             \
+    }
+    NG_DEFINE_TAIL(ng_tail_float_base, NG_ATTR_BASE, float, NG_MADD_PLAIN)
+    NG_DEFINE_TAIL(ng_tail_double_base, NG_ATTR_BASE, double, NG_MADD_PLAIN)
+    #if NG_DISPATCH
+    #include <immintrin.h>
+    #define NG_FMAF_T(a, b, c) __builtin_fmaf(a, b, c)
+    #define NG_FMA_T(a, b, c) __builtin_fma(a, b, c)
+    NG_DEFINE_TAIL(ng_tail_float_v3, NG_ATTR_V3, float, NG_FMAF_T)
+    NG_DEFINE_TAIL(ng_tail_double_v3, NG_ATTR_V3, double, NG_FMA_T)
+    /* AVX-512: the columns as the first lanes of masked vectors, eight rows
+       at a time; the same fused multiply-add per element, k ascending */
+    #define NG_DEFINE_TAIL_V4(NAME, T, VEC, MASK, LOADZ, STORE, SET1, FMADD) \
+    NG_ATTR_V4 static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t kn,        \
+        const T *Ak, ptrdiff_t sam, ptrdiff_t sak,                             \
+        const T *Bk, ptrdiff_t ldb, T *C, ptrdiff_t ldc)                       \
+    {                                                                          \
+        const MASK mask = (MASK)((1u << N) - 1u);                              \
+        ptrdiff_t m = 0;                                                       \
+        for (; m + 8 <= M; m += 8) {                                           \
+            T *c = C + m * ldc;                                                \
+            VEC x0 = LOADZ(mask, c), x1 = LOADZ(mask, c + ldc);                \
+            VEC x2 = LOADZ(mask, c + 2 * ldc), x3 = LOADZ(mask, c + 3 * ldc);  \
+            VEC x4 = LOADZ(mask, c + 4 * ldc), x5 = LOADZ(mask, c + 5 * ldc);  \
+            VEC x6 = LOADZ(mask, c + 6 * ldc), x7 = LOADZ(mask, c + 7 * ldc);  \
+            const T *a = Ak + m * sam;                                         \
+            for (ptrdiff_t k = 0; k < kn; k++) {                               \
+                const VEC b = LOADZ(mask, Bk + k * ldb);                       \
+                const T *ak = a + k * sak;                                     \
+                x0 = FMADD(SET1(ak[0]), b, x0);                                \
+                x1 = FMADD(SET1(ak[sam]), b, x1);                              \
+                x2 = FMADD(SET1(ak[2 * sam]), b, x2);                          \
+                x3 = FMADD(SET1(ak[3 * sam]), b, x3);                          \
+                x4 = FMADD(SET1(ak[4 * sam]), b, x4);                          \
+                x5 = FMADD(SET1(ak[5 * sam]), b, x5);                          \
+                x6 = FMADD(SET1(ak[6 * sam]), b, x6);                          \
+                x7 = FMADD(SET1(ak[7 * sam]), b, x7);                          \
+            }                                                                  \
+            STORE(c, mask, x0); STORE(c + ldc, mask, x1);                      \
+            STORE(c + 2 * ldc, mask, x2); STORE(c + 3 * ldc, mask, x3);        \
+            STORE(c + 4 * ldc, mask, x4); STORE(c + 5 * ldc, mask, x5);        \
+            STORE(c + 6 * ldc, mask, x6); STORE(c + 7 * ldc, mask, x7);        \
+        }                                                                      \
+        for (; m < M; m++) {                                                   \
+            T *c = C + m * ldc;                                                \
+            VEC x0 = LOADZ(mask, c);                                           \
+            const T *a = Ak + m * sam;                                         \
+            for (ptrdiff_t k = 0; k < kn; k++)                                 \
+                x0 = FMADD(SET1(a[k * sak]), LOADZ(mask, Bk + k * ldb), x0);   \
+            STORE(c, mask, x0);                                                \
+        }                                                                      \
+    }
+    NG_DEFINE_TAIL_V4(ng_tail_float_v4, float, __m512, __mmask16,
+                      _mm512_maskz_loadu_ps, _mm512_mask_storeu_ps,
+                      _mm512_set1_ps, _mm512_fmadd_ps)
+    NG_DEFINE_TAIL_V4(ng_tail_double_v4, double, __m512d, __mmask8,
+                      _mm512_maskz_loadu_pd, _mm512_mask_storeu_pd,
+                      _mm512_set1_pd, _mm512_fmadd_pd)
+    #endif
 
     #if defined(__GNUC__)
     #define NG_VEC 1
@@ -90,7 +182,7 @@ cdef extern from *:
             return r;                                                          \
         }
 
-    #define NG_DEFINE_GEMM(NAME, ATTR, T, V, VU, L, MADD_V, MADD_S)            \
+    #define NG_DEFINE_GEMM(NAME, ATTR, T, V, VU, L, MADD_V, MADD_S, MR8, TAIL) \
     ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,               \
         const T *A, ptrdiff_t sam, ptrdiff_t sak,                              \
         const T *B, ptrdiff_t ldb, T *C, ptrdiff_t ldc)                        \
@@ -103,6 +195,56 @@ cdef extern from *:
             ptrdiff_t n0 = 0;                                                  \
             for (; n0 + 2 * L <= N; n0 += 2 * L) {                             \
                 ptrdiff_t m0 = 0;                                              \
+                if (MR8) for (; m0 + 8 <= M; m0 += 8) {                        \
+                    const T *a0 = Ak + m0 * sam;                               \
+                    T *c0 = C + m0 * ldc + n0;                                 \
+                    V x00 = *(const VU *)c0, x01 = *(const VU *)(c0 + L);      \
+                    V x10 = *(const VU *)(c0 + ldc);                           \
+                    V x11 = *(const VU *)(c0 + ldc + L);                       \
+                    V x20 = *(const VU *)(c0 + 2 * ldc);                       \
+                    V x21 = *(const VU *)(c0 + 2 * ldc + L);                   \
+                    V x30 = *(const VU *)(c0 + 3 * ldc);                       \
+                    V x31 = *(const VU *)(c0 + 3 * ldc + L);                   \
+                    V x40 = *(const VU *)(c0 + 4 * ldc);                       \
+                    V x41 = *(const VU *)(c0 + 4 * ldc + L);                   \
+                    V x50 = *(const VU *)(c0 + 5 * ldc);                       \
+                    V x51 = *(const VU *)(c0 + 5 * ldc + L);                   \
+                    V x60 = *(const VU *)(c0 + 6 * ldc);                       \
+                    V x61 = *(const VU *)(c0 + 6 * ldc + L);                   \
+                    V x70 = *(const VU *)(c0 + 7 * ldc);                       \
+                    V x71 = *(const VU *)(c0 + 7 * ldc + L);                   \
+                    const T *b = Bk + n0;                                      \
+                    for (ptrdiff_t k = 0; k < kn; k++, b += ldb) {             \
+                        V b0 = *(const VU *)b, b1 = *(const VU *)(b + L);      \
+                        const T *ak = a0 + k * sak;                            \
+                        T s0 = ak[0], s1 = ak[sam], s2 = ak[2 * sam];          \
+                        T s3 = ak[3 * sam], s4 = ak[4 * sam];                  \
+                        T s5 = ak[5 * sam], s6 = ak[6 * sam];                  \
+                        T s7 = ak[7 * sam];                                    \
+                        x00 = MADD_V(s0, b0, x00); x01 = MADD_V(s0, b1, x01);  \
+                        x10 = MADD_V(s1, b0, x10); x11 = MADD_V(s1, b1, x11);  \
+                        x20 = MADD_V(s2, b0, x20); x21 = MADD_V(s2, b1, x21);  \
+                        x30 = MADD_V(s3, b0, x30); x31 = MADD_V(s3, b1, x31);  \
+                        x40 = MADD_V(s4, b0, x40); x41 = MADD_V(s4, b1, x41);  \
+                        x50 = MADD_V(s5, b0, x50); x51 = MADD_V(s5, b1, x51);  \
+                        x60 = MADD_V(s6, b0, x60); x61 = MADD_V(s6, b1, x61);  \
+                        x70 = MADD_V(s7, b0, x70); x71 = MADD_V(s7, b1, x71);  \
+                    }                                                          \
+                    *(VU *)c0 = x00; *(VU *)(c0 + L) = x01;                    \
+                    *(VU *)(c0 + ldc) = x10; *(VU *)(c0 + ldc + L) = x11;      \
+                    *(VU *)(c0 + 2 * ldc) = x20;                               \
+                    *(VU *)(c0 + 2 * ldc + L) = x21;                           \
+                    *(VU *)(c0 + 3 * ldc) = x30;                               \
+                    *(VU *)(c0 + 3 * ldc + L) = x31;                           \
+                    *(VU *)(c0 + 4 * ldc) = x40;                               \
+                    *(VU *)(c0 + 4 * ldc + L) = x41;                           \
+                    *(VU *)(c0 + 5 * ldc) = x50;                               \
+                    *(VU *)(c0 + 5 * ldc + L) = x51;                           \
+                    *(VU *)(c0 + 6 * ldc) = x60;                               \
+                    *(VU *)(c0 + 6 * ldc + L) = x61;                           \
+                    *(VU *)(c0 + 7 * ldc) = x70;                               \
+                    *(VU *)(c0 + 7 * ldc + L) = x71;                           \
+                }                                                              \
                 for (; m0 + NG_MR <= M; m0 += NG_MR) {                         \
                     const T *a0 = Ak + m0 * sam, *a1 = a0 + sam;               \
                     const T *a2 = a1 + sam, *a3 = a2 + sam;                    \
@@ -141,7 +283,27 @@ cdef extern from *:
                 }                                                              \
             }                                                                  \
             for (; n0 + L <= N; n0 += L) {                                     \
-                for (ptrdiff_t m0 = 0; m0 < M; m0++) {                         \
+                ptrdiff_t m0 = 0;                                              \
+                for (; m0 + 4 <= M; m0 += 4) {                                 \
+                    const T *a0 = Ak + m0 * sam;                               \
+                    T *c0 = C + m0 * ldc + n0;                                 \
+                    V x0 = *(const VU *)c0;                                    \
+                    V x1 = *(const VU *)(c0 + ldc);                            \
+                    V x2 = *(const VU *)(c0 + 2 * ldc);                        \
+                    V x3 = *(const VU *)(c0 + 3 * ldc);                        \
+                    const T *b = Bk + n0;                                      \
+                    for (ptrdiff_t k = 0; k < kn; k++, b += ldb) {             \
+                        const V bv = *(const VU *)b;                           \
+                        const T *ak = a0 + k * sak;                            \
+                        x0 = MADD_V(ak[0], bv, x0);                            \
+                        x1 = MADD_V(ak[sam], bv, x1);                          \
+                        x2 = MADD_V(ak[2 * sam], bv, x2);                      \
+                        x3 = MADD_V(ak[3 * sam], bv, x3);                      \
+                    }                                                          \
+                    *(VU *)c0 = x0; *(VU *)(c0 + ldc) = x1;                    \
+                    *(VU *)(c0 + 2 * ldc) = x2; *(VU *)(c0 + 3 * ldc) = x3;    \
+                }                                                              \
+                for (; m0 < M; m0++) {                                         \
                     const T *a0 = Ak + m0 * sam;                               \
                     T *c0 = C + m0 * ldc + n0;                                 \
                     V x0 = *(const VU *)c0;                                    \
@@ -151,7 +313,8 @@ cdef extern from *:
                     *(VU *)c0 = x0;                                            \
                 }                                                              \
             }                                                                  \
-            NG_GEMM_COLUMNS(T, MADD_S)                                         \
+            if (n0 < N)                                                        \
+                TAIL(M, N - n0, kn, Ak, sam, sak, Bk + n0, ldb, C + n0, ldc);  \
         }                                                                      \
     }
 
@@ -167,22 +330,24 @@ cdef extern from *:
     NG_VTYPES(double, 64, d64)
 
     NG_DEFINE_GEMM(ng_gemm_float_base, NG_ATTR_BASE, float, ng_vf16,
-                   ng_vuf16, 4, NG_MADD_PLAIN, NG_MADD_PLAIN)
+                   ng_vuf16, 4, NG_MADD_PLAIN, NG_MADD_PLAIN, 0,
+                   ng_tail_float_base)
     NG_DEFINE_GEMM(ng_gemm_double_base, NG_ATTR_BASE, double, ng_vd16,
-                   ng_vud16, 2, NG_MADD_PLAIN, NG_MADD_PLAIN)
+                   ng_vud16, 2, NG_MADD_PLAIN, NG_MADD_PLAIN, 0,
+                   ng_tail_double_base)
     #if NG_DISPATCH
     NG_DEFINE_VFMA(ng_fma_f32, float, ng_vf32, 8, __builtin_fmaf)
     NG_DEFINE_VFMA(ng_fma_f64, float, ng_vf64, 16, __builtin_fmaf)
     NG_DEFINE_VFMA(ng_fma_d32, double, ng_vd32, 4, __builtin_fma)
     NG_DEFINE_VFMA(ng_fma_d64, double, ng_vd64, 8, __builtin_fma)
     NG_DEFINE_GEMM(ng_gemm_float_v3, NG_ATTR_V3, float, ng_vf32, ng_vuf32, 8,
-                   ng_fma_f32, __builtin_fmaf)
+                   ng_fma_f32, __builtin_fmaf, 0, ng_tail_float_v3)
     NG_DEFINE_GEMM(ng_gemm_double_v3, NG_ATTR_V3, double, ng_vd32, ng_vud32,
-                   4, ng_fma_d32, __builtin_fma)
+                   4, ng_fma_d32, __builtin_fma, 0, ng_tail_double_v3)
     NG_DEFINE_GEMM(ng_gemm_float_v4, NG_ATTR_V4, float, ng_vf64, ng_vuf64, 16,
-                   ng_fma_f64, __builtin_fmaf)
+                   ng_fma_f64, __builtin_fmaf, 1, ng_tail_float_v4)
     NG_DEFINE_GEMM(ng_gemm_double_v4, NG_ATTR_V4, double, ng_vd64, ng_vud64,
-                   8, ng_fma_d64, __builtin_fma)
+                   8, ng_fma_d64, __builtin_fma, 1, ng_tail_double_v4)
     #endif
 
     #else  /* no vector extensions: one element at a time */
@@ -252,6 +417,170 @@ cdef extern from *:
         for (ptrdiff_t i = 0; i < n; i++) v[i] = 1.0 / (1.0 + exp(-v[i]));
     }
 
+    /* C[m, n] += sum_k A[m, k] * W[n, k] (m < M, n < N): the product with
+       W transposed, without packing W. Every element is updated one k after
+       another in ascending order with the same madd as ng_gemm_*, so it has
+       the same bits as ng_gemm on the transposed W. The AVX-512 variant
+       gathers 16 (float) or 8 (double) rows of W per k. */
+    #define NG_DEFINE_GEMM_NT_SCALAR(NAME, ATTR, T, MADD_S)                    \
+    ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,               \
+        const T *A, ptrdiff_t lda, const T *W, ptrdiff_t ldw,                  \
+        T *C, ptrdiff_t ldc)                                                   \
+    {                                                                          \
+        for (ptrdiff_t m = 0; m < M; m++)                                      \
+            for (ptrdiff_t k = 0; k < K; k++) {                                \
+                const T a = A[m * lda + k];                                    \
+                T *c = C + m * ldc;                                            \
+                for (ptrdiff_t n = 0; n < N; n++)                              \
+                    c[n] = MADD_S(a, W[n * ldw + k], c[n]);                    \
+            }                                                                  \
+    }
+    NG_DEFINE_GEMM_NT_SCALAR(ng_gemm_nt_float_base, NG_ATTR_BASE, float,
+                             NG_MADD_PLAIN)
+    NG_DEFINE_GEMM_NT_SCALAR(ng_gemm_nt_double_base, NG_ATTR_BASE, double,
+                             NG_MADD_PLAIN)
+    #if NG_DISPATCH
+    #define NG_FMAF_S(a, b, c) __builtin_fmaf(a, b, c)
+    #define NG_FMA_S(a, b, c) __builtin_fma(a, b, c)
+    NG_DEFINE_GEMM_NT_SCALAR(ng_gemm_nt_float_v3, NG_ATTR_V3, float,
+                             NG_FMAF_S)
+    NG_DEFINE_GEMM_NT_SCALAR(ng_gemm_nt_double_v3, NG_ATTR_V3, double,
+                             NG_FMA_S)
+    #include <immintrin.h>
+    /* r[j] (16 rows of 16 floats) transposed in place */
+    NG_ATTR_V4 static inline __attribute__((always_inline)) void
+    ng_transpose16_v4(__m512 *r)
+    {
+        __m512 t[16];
+    #pragma GCC unroll 16
+        for (int i = 0; i < 8; i++) {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+    #pragma GCC unroll 16
+        for (int i = 0; i < 4; i++) {
+            __m512d a = _mm512_castps_pd(t[4 * i]);
+            __m512d b = _mm512_castps_pd(t[4 * i + 1]);
+            __m512d c = _mm512_castps_pd(t[4 * i + 2]);
+            __m512d d = _mm512_castps_pd(t[4 * i + 3]);
+            r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+            r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+            r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+            r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+        }
+    #pragma GCC unroll 16
+        for (int j = 0; j < 4; j++) {
+            t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+            t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);
+            t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+            t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
+        }
+    #pragma GCC unroll 16
+        for (int j = 0; j < 4; j++) {
+            r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+            r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
+            r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
+            r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xDD);
+        }
+    }
+
+    NG_ATTR_V4 static void ng_gemm_nt_float_v4(ptrdiff_t M, ptrdiff_t N,
+        ptrdiff_t K, const float *A, ptrdiff_t lda, const float *W,
+        ptrdiff_t ldw, float *C, ptrdiff_t ldc)
+    {
+        for (ptrdiff_t n0 = 0; n0 < N; n0 += 16) {
+            const ptrdiff_t nn = N - n0 < 16 ? N - n0 : 16;
+            const __mmask16 mask = (__mmask16)((1u << nn) - 1u);
+            const float *w = W + n0 * ldw;
+            for (ptrdiff_t m0 = 0; m0 < M; m0 += 4) {
+                const ptrdiff_t mm = M - m0 < 4 ? M - m0 : 4;
+                const float *a0 = A + m0 * lda;
+                const float *a1 = mm > 1 ? a0 + lda : a0;
+                const float *a2 = mm > 2 ? a0 + 2 * lda : a0;
+                const float *a3 = mm > 3 ? a0 + 3 * lda : a0;
+                float *c0 = C + m0 * ldc + n0;
+                __m512 x0 = _mm512_maskz_loadu_ps(mask, c0);
+                __m512 x1 = mm > 1 ? _mm512_maskz_loadu_ps(mask, c0 + ldc) : x0;
+                __m512 x2 = mm > 2 ? _mm512_maskz_loadu_ps(mask, c0 + 2 * ldc) : x0;
+                __m512 x3 = mm > 3 ? _mm512_maskz_loadu_ps(mask, c0 + 3 * ldc) : x0;
+                for (ptrdiff_t k0 = 0; k0 < K; k0 += 16) {
+                    const ptrdiff_t kn = K - k0 < 16 ? K - k0 : 16;
+                    const __mmask16 kmask = (__mmask16)((1u << kn) - 1u);
+                    __m512 r[16];
+    #pragma GCC unroll 16
+                    for (int l = 0; l < 16; l++)
+                        r[l] = l < nn ? _mm512_maskz_loadu_ps(
+                                   kmask, w + l * ldw + k0)
+                               : _mm512_setzero_ps();
+                    ng_transpose16_v4(r);
+                    if (kn == 16 && mm == 4) {
+    #pragma GCC unroll 16
+                        for (int j = 0; j < 16; j++) {
+                            x0 = _mm512_fmadd_ps(_mm512_set1_ps(a0[k0 + j]), r[j], x0);
+                            x1 = _mm512_fmadd_ps(_mm512_set1_ps(a1[k0 + j]), r[j], x1);
+                            x2 = _mm512_fmadd_ps(_mm512_set1_ps(a2[k0 + j]), r[j], x2);
+                            x3 = _mm512_fmadd_ps(_mm512_set1_ps(a3[k0 + j]), r[j], x3);
+                        }
+                    } else if (kn == 16 && mm == 1) {
+    #pragma GCC unroll 16
+                        for (int j = 0; j < 16; j++)
+                            x0 = _mm512_fmadd_ps(_mm512_set1_ps(a0[k0 + j]), r[j], x0);
+                    } else {
+                        for (int j = 0; j < kn; j++) {
+                            x0 = _mm512_fmadd_ps(_mm512_set1_ps(a0[k0 + j]), r[j], x0);
+                            x1 = _mm512_fmadd_ps(_mm512_set1_ps(a1[k0 + j]), r[j], x1);
+                            x2 = _mm512_fmadd_ps(_mm512_set1_ps(a2[k0 + j]), r[j], x2);
+                            x3 = _mm512_fmadd_ps(_mm512_set1_ps(a3[k0 + j]), r[j], x3);
+                        }
+                    }
+                }
+                _mm512_mask_storeu_ps(c0, mask, x0);
+                if (mm > 1) _mm512_mask_storeu_ps(c0 + ldc, mask, x1);
+                if (mm > 2) _mm512_mask_storeu_ps(c0 + 2 * ldc, mask, x2);
+                if (mm > 3) _mm512_mask_storeu_ps(c0 + 3 * ldc, mask, x3);
+            }
+        }
+    }
+    NG_ATTR_V4 static void ng_gemm_nt_double_v4(ptrdiff_t M, ptrdiff_t N,
+        ptrdiff_t K, const double *A, ptrdiff_t lda, const double *W,
+        ptrdiff_t ldw, double *C, ptrdiff_t ldc)
+    {
+        if ((ptrdiff_t)(int)(8 * ldw) != 8 * ldw) {
+            ng_gemm_nt_double_v3(M, N, K, A, lda, W, ldw, C, ldc);
+            return;
+        }
+        const __m256i idx = _mm256_mullo_epi32(
+            _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0),
+            _mm256_set1_epi32((int)ldw));
+        const __m512d zero = _mm512_setzero_pd();
+        for (ptrdiff_t n0 = 0; n0 < N; n0 += 8) {
+            const ptrdiff_t nn = N - n0 < 8 ? N - n0 : 8;
+            const __mmask8 mask = (__mmask8)((1u << nn) - 1u);
+            const double *w = W + n0 * ldw;
+            for (ptrdiff_t m0 = 0; m0 < M; m0++) {
+                const double *a0 = A + m0 * lda;
+                double *c0 = C + m0 * ldc + n0;
+                __m512d x0 = _mm512_maskz_loadu_pd(mask, c0);
+                for (ptrdiff_t k = 0; k < K; k++) {
+                    __m512d wk = _mm512_mask_i32gather_pd(zero, mask, idx,
+                                                          w + k, 8);
+                    x0 = _mm512_fmadd_pd(_mm512_set1_pd(a0[k]), wk, x0);
+                }
+                _mm512_mask_storeu_pd(c0, mask, x0);
+            }
+        }
+    }
+    #endif
+
+    typedef void (*ng_gemm_nt_float_t)(ptrdiff_t, ptrdiff_t, ptrdiff_t,
+        const float *, ptrdiff_t, const float *, ptrdiff_t, float *,
+        ptrdiff_t);
+    typedef void (*ng_gemm_nt_double_t)(ptrdiff_t, ptrdiff_t, ptrdiff_t,
+        const double *, ptrdiff_t, const double *, ptrdiff_t, double *,
+        ptrdiff_t);
+    static ng_gemm_nt_float_t ng_gemm_nt_float = ng_gemm_nt_float_base;
+    static ng_gemm_nt_double_t ng_gemm_nt_double = ng_gemm_nt_double_base;
+
     /* the implementation chosen by ng_init */
     typedef void (*ng_gemm_float_t)(ptrdiff_t, ptrdiff_t, ptrdiff_t,
         const float *, ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t,
@@ -292,13 +621,19 @@ cdef extern from *:
         ng_gemm_double = ng_gemm_double_base;
         ng_tanh_float = ng_tanh_float_base;
         ng_sigmoid_float = ng_sigmoid_float_base;
+        ng_gemm_nt_float = ng_gemm_nt_float_base;
+        ng_gemm_nt_double = ng_gemm_nt_double_base;
     #if NG_DISPATCH
         if (level == 1) {
+            ng_gemm_nt_float = ng_gemm_nt_float_v3;
+            ng_gemm_nt_double = ng_gemm_nt_double_v3;
             ng_gemm_float = ng_gemm_float_v3;
             ng_gemm_double = ng_gemm_double_v3;
             ng_tanh_float = ng_tanh_float_v3;
             ng_sigmoid_float = ng_sigmoid_float_v3;
         } else if (level == 2) {
+            ng_gemm_nt_float = ng_gemm_nt_float_v4;
+            ng_gemm_nt_double = ng_gemm_nt_double_v4;
             ng_gemm_float = ng_gemm_float_v4;
             ng_gemm_double = ng_gemm_double_v4;
             ng_tanh_float = ng_tanh_float_v4;
@@ -321,6 +656,86 @@ cdef extern from *:
     }
     NG_TRANSPOSE(float)
     NG_TRANSPOSE(double)
+
+    /* element-wise steps of the forward and backward passes. Plain IEEE
+       operations without contraction: every instruction set gives the same
+       bits, so GCC on Linux builds clones for AVX-512, AVX2 and the
+       baseline and picks one at load time. */
+    #if NG_DISPATCH && defined(__linux__) && !defined(__clang__)
+    #define NG_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+    #else
+    #define NG_CLONES
+    #endif
+    #define NG_DEFINE_ELEMENTWISE(T)                                           \
+    /* a += b */                                                               \
+    NG_CLONES static void ng_add_##T(ptrdiff_t n, T *__restrict a,             \
+                                     const T *__restrict b)                    \
+    {                                                                          \
+        for (ptrdiff_t i = 0; i < n; i++) a[i] = a[i] + b[i];                  \
+    }                                                                          \
+    /* a += b * c */                                                           \
+    NG_CLONES static void ng_addmul_##T(ptrdiff_t n, T *__restrict a,          \
+                                        const T *__restrict b,                 \
+                                        const T *__restrict c)                 \
+    {                                                                          \
+        for (ptrdiff_t i = 0; i < n; i++) a[i] = a[i] + b[i] * c[i];           \
+    }                                                                          \
+    /* out = a * b + c */                                                      \
+    NG_CLONES static void ng_muladd_##T(ptrdiff_t n, T *__restrict out,        \
+                                        const T *__restrict a,                 \
+                                        const T *__restrict b,                 \
+                                        const T *__restrict c)                 \
+    {                                                                          \
+        for (ptrdiff_t i = 0; i < n; i++) out[i] = a[i] * b[i] + c[i];         \
+    }                                                                          \
+    /* out = (1 - z) * nv + z * h */                                           \
+    NG_CLONES static void ng_hnew_##T(ptrdiff_t n, T *__restrict out,          \
+                                      const T *__restrict z,                   \
+                                      const T *__restrict nv,                  \
+                                      const T *__restrict h)                   \
+    {                                                                          \
+        const T one = 1;                                                       \
+        for (ptrdiff_t i = 0; i < n; i++)                                      \
+            out[i] = (one - z[i]) * nv[i] + z[i] * h[i];                       \
+    }                                                                          \
+    /* dh' = dh + d_out ; dn = dh' (1 - z) ; dz = dh' (h_prev - n) ;           \
+       da_n = dn (1 - n^2) ; da_z = dz z (1 - z) ; dgi, dga: z and n blocks */ \
+    NG_CLONES static void ng_bwd_zn_##T(ptrdiff_t H, const T *__restrict dh,   \
+        const T *__restrict dout, const T *__restrict z,                       \
+        const T *__restrict nv, const T *__restrict hprev,                     \
+        T *__restrict dhn, T *__restrict dgi, T *__restrict dga)               \
+    {                                                                          \
+        const T one = 1;                                                       \
+        for (ptrdiff_t j = 0; j < H; j++) {                                    \
+            const T d = dh[j] + dout[j];                                       \
+            const T dn = d * (one - z[j]);                                     \
+            const T dz = d * (hprev[j] - nv[j]);                               \
+            const T da_n = dn * (one - nv[j] * nv[j]);                         \
+            const T da_z = dz * z[j] * (one - z[j]);                           \
+            dhn[j] = d;                                                        \
+            dgi[H + j] = da_z;                                                 \
+            dgi[2 * H + j] = da_n;                                             \
+            dga[H + j] = da_z;                                                 \
+            dga[2 * H + j] = da_n;                                             \
+        }                                                                      \
+    }                                                                          \
+    /* reset after: da_r = da_n hn r (1 - r) ; d(gh_n) = da_n r */             \
+    NG_CLONES static void ng_bwd_r_##T(ptrdiff_t H, const T *__restrict hn,    \
+        const T *__restrict r, T *__restrict dgi, T *__restrict dga,           \
+        T *__restrict dghn)                                                    \
+    {                                                                          \
+        const T one = 1;                                                       \
+        for (ptrdiff_t j = 0; j < H; j++) {                                    \
+            const T da_n = dgi[2 * H + j];                                     \
+            const T da_r = da_n * hn[j] * r[j] * (one - r[j]);                 \
+            dgi[j] = da_r;                                                     \
+            dga[j] = da_r;                                                     \
+            dga[2 * H + j] = da_n * r[j];                                      \
+            dghn[j] = da_n * r[j];                                             \
+        }                                                                      \
+    }
+    NG_DEFINE_ELEMENTWISE(float)
+    NG_DEFINE_ELEMENTWISE(double)
     """
     int NG_OPENMP
     void ng_gemm_float(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
@@ -331,6 +746,14 @@ cdef extern from *:
                         const double *A, Py_ssize_t sam, Py_ssize_t sak,
                         const double *B, Py_ssize_t ldb,
                         double *C, Py_ssize_t ldc) noexcept nogil
+    void ng_gemm_nt_float(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                          const float *A, Py_ssize_t lda,
+                          const float *W, Py_ssize_t ldw,
+                          float *C, Py_ssize_t ldc) noexcept nogil
+    void ng_gemm_nt_double(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                           const double *A, Py_ssize_t lda,
+                           const double *W, Py_ssize_t ldw,
+                           double *C, Py_ssize_t ldc) noexcept nogil
     void ng_tanh_float(Py_ssize_t n, float *v) noexcept nogil
     void ng_tanh_double(Py_ssize_t n, double *v) noexcept nogil
     void ng_sigmoid_float(Py_ssize_t n, float *v) noexcept nogil
@@ -339,6 +762,30 @@ cdef extern from *:
                             const float *src, float *dst) noexcept nogil
     void ng_transpose_double(Py_ssize_t rows, Py_ssize_t cols,
                              const double *src, double *dst) noexcept nogil
+    void ng_add_float(Py_ssize_t, float *, const float *) noexcept nogil
+    void ng_add_double(Py_ssize_t, double *, const double *) noexcept nogil
+    void ng_addmul_float(Py_ssize_t, float *, const float *,
+                         const float *) noexcept nogil
+    void ng_addmul_double(Py_ssize_t, double *, const double *,
+                          const double *) noexcept nogil
+    void ng_muladd_float(Py_ssize_t, float *, const float *, const float *,
+                         const float *) noexcept nogil
+    void ng_muladd_double(Py_ssize_t, double *, const double *,
+                          const double *, const double *) noexcept nogil
+    void ng_hnew_float(Py_ssize_t, float *, const float *, const float *,
+                       const float *) noexcept nogil
+    void ng_hnew_double(Py_ssize_t, double *, const double *,
+                        const double *, const double *) noexcept nogil
+    void ng_bwd_zn_float(Py_ssize_t, const float *, const float *,
+                         const float *, const float *, const float *,
+                         float *, float *, float *) noexcept nogil
+    void ng_bwd_zn_double(Py_ssize_t, const double *, const double *,
+                          const double *, const double *, const double *,
+                          double *, double *, double *) noexcept nogil
+    void ng_bwd_r_float(Py_ssize_t, const float *, const float *, float *,
+                        float *, float *) noexcept nogil
+    void ng_bwd_r_double(Py_ssize_t, const double *, const double *,
+                         double *, double *, double *) noexcept nogil
     int ng_cpu_supports(int level) noexcept nogil
     int ng_select(int level) noexcept nogil
 
@@ -373,7 +820,8 @@ def _set_simd_level(name):
 #: Instruction-set level of the kernels in use: "avx512", "avx2" or "baseline".
 SIMD_LEVEL = _set_simd_level(max(_supported_simd_levels(), key=_SIMD_LEVELS.index))
 
-# Largest number of samples one thread advances together through time.
+# Samples one thread advances together through time, weights in cache and
+# one thread (see _n_blocks).
 _BLOCK = 32
 
 
@@ -389,6 +837,73 @@ cdef inline void _gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
         ng_gemm_float(M, N, K, A, sam, sak, B, ldb, C, ldc)
     else:
         ng_gemm_double(M, N, K, A, sam, sak, B, ldb, C, ldc)
+
+
+cdef inline void _gemm_nt(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                          const floating *A, Py_ssize_t lda,
+                          const floating *W, Py_ssize_t ldw,
+                          floating *C, Py_ssize_t ldc) noexcept nogil:
+    # C (M, N) += A (M, K) @ W (N, K)^T, same bits as _gemm on W^T
+    if floating is float:
+        ng_gemm_nt_float(M, N, K, A, lda, W, ldw, C, ldc)
+    else:
+        ng_gemm_nt_double(M, N, K, A, lda, W, ldw, C, ldc)
+
+
+cdef inline void _add(Py_ssize_t n, floating *a,
+                     const floating *b) noexcept nogil:
+    # a += b
+    if floating is float:
+        ng_add_float(n, a, b)
+    else:
+        ng_add_double(n, a, b)
+
+
+cdef inline void _addmul(Py_ssize_t n, floating *a, const floating *b,
+                        const floating *c) noexcept nogil:
+    # a += b * c
+    if floating is float:
+        ng_addmul_float(n, a, b, c)
+    else:
+        ng_addmul_double(n, a, b, c)
+
+
+cdef inline void _muladd(Py_ssize_t n, floating *out, const floating *a,
+                        const floating *b, const floating *c) noexcept nogil:
+    # out = a * b + c
+    if floating is float:
+        ng_muladd_float(n, out, a, b, c)
+    else:
+        ng_muladd_double(n, out, a, b, c)
+
+
+cdef inline void _hnew(Py_ssize_t n, floating *out, const floating *z,
+                      const floating *nv, const floating *h) noexcept nogil:
+    # out = (1 - z) * nv + z * h
+    if floating is float:
+        ng_hnew_float(n, out, z, nv, h)
+    else:
+        ng_hnew_double(n, out, z, nv, h)
+
+
+cdef inline void _bwd_zn(Py_ssize_t H, const floating *dh,
+                         const floating *dout, const floating *z,
+                         const floating *nv, const floating *hprev,
+                         floating *dhn, floating *dgi,
+                         floating *dga) noexcept nogil:
+    if floating is float:
+        ng_bwd_zn_float(H, dh, dout, z, nv, hprev, dhn, dgi, dga)
+    else:
+        ng_bwd_zn_double(H, dh, dout, z, nv, hprev, dhn, dgi, dga)
+
+
+cdef inline void _bwd_r(Py_ssize_t H, const floating *hn, const floating *r,
+                        floating *dgi, floating *dga,
+                        floating *dghn) noexcept nogil:
+    if floating is float:
+        ng_bwd_r_float(H, hn, r, dgi, dga, dghn)
+    else:
+        ng_bwd_r_double(H, hn, r, dgi, dga, dghn)
 
 
 cdef inline void _tanh(Py_ssize_t n, floating *v) noexcept nogil:
@@ -426,12 +941,151 @@ cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b
 
 
-def _n_blocks(Py_ssize_t n_samples, int n_threads):
-    """Number of sample blocks: a multiple of the thread count when possible."""
+def _n_blocks(Py_ssize_t n_samples, int n_threads, Py_ssize_t weight_bytes=0):
+    """Number of sample blocks (results do not depend on it).
+
+    Weights that fit in a core's cache: blocks of ``_BLOCK`` samples for one
+    thread, of ``_SMALL_BLOCK`` for several (several blocks per thread,
+    claimed one at a time, so that a thread the OS keeps waiting holds the
+    others up little). Larger weights are streamed from memory once per
+    block and step: blocks of up to ``_BIG_BLOCK`` samples. At least one
+    block per thread.
+    """
     n_threads = max(1, min(int(n_threads), n_samples))
-    per_thread = _ceil_div(n_samples, n_threads)
-    blocks_per_thread = _ceil_div(per_thread, _BLOCK)
-    return min(n_samples, n_threads * blocks_per_thread)
+    if weight_bytes > _CACHE_BYTES:
+        per_block = _BIG_BLOCK
+    elif n_threads > 1:
+        per_block = _SMALL_BLOCK
+    else:
+        per_block = _BLOCK
+    return min(n_samples, max(n_threads, _ceil_div(n_samples, per_block)))
+
+
+# Samples per block (see _n_blocks) and the cache size the weights are
+# compared with.
+_SMALL_BLOCK = 8
+_BIG_BLOCK = 64
+_CACHE_BYTES = 768 * 1024
+
+
+# Scratch arrays of the backward pass, kept between calls (one per dtype,
+# up to _SCRATCH_KEEP bytes) so that every call does not page-fault fresh
+# memory. Taking one removes it from the pool: concurrent calls never share.
+_scratch = {}
+_SCRATCH_KEEP = 64 * 1024 * 1024
+
+
+def _take_scratch(Py_ssize_t n, dtype):
+    """A 1-D array of at least ``n`` elements of ``dtype`` (uninitialised)."""
+    a = _scratch.pop(np.dtype(dtype).char, None)
+    if a is None or a.shape[0] < n:
+        a = np.empty(max(n, 1), dtype=dtype)
+    return a
+
+
+def _give_back_scratch(a):
+    if a.nbytes <= _SCRATCH_KEEP:
+        _scratch[a.dtype.char] = a
+
+
+# Below this many floating-point operations (forward pass of one layer) a
+# call runs on the calling thread only: waking (and, on a busy machine,
+# waiting for) helper threads costs more than the work. Results do not
+# depend on it.
+cdef double _serial_flops = 2.5e7
+
+
+def _set_serial_flops(double value):
+    """Set the serial-work threshold (in flops); returns the previous one.
+
+    For tests: 0 makes every call with several sample blocks use threads.
+    """
+    global _serial_flops
+    previous = _serial_flops
+    _serial_flops = value
+    return previous
+
+
+cdef int _use_threads(Py_ssize_t B, Py_ssize_t T, Py_ssize_t I,
+                      Py_ssize_t H, int n_threads) noexcept nogil:
+    # threads worth using for a (B, T, I, H) layer: 1 for small work
+    if n_threads <= 1 or B < 2:
+        return 1
+    if 6.0 * B * T * H * (I + H) < _serial_flops:
+        return 1
+    return n_threads
+
+
+
+# ---------------------------------------------------------------------------
+# threads
+#
+# Work items (sample blocks, or column pieces of the weight gradients) are
+# claimed one at a time from an atomic counter by the calling thread and by
+# helper threads of a small pool. The caller never waits for a helper that
+# has not started: if the OS is slow to run the helpers (a busy machine),
+# the caller does all the items itself and returns; it only waits, asleep,
+# for items a helper has claimed and not yet finished. An item's result does
+# not depend on which thread runs it.
+
+ctypedef void (*_item_fn)(void *args, Py_ssize_t item) noexcept nogil
+
+cdef struct _Args:
+    # what the work items of one call need (arrays as untyped pointers)
+    const void *x
+    const void *w_ih
+    const void *w_hh
+    const void *b_ih
+    const void *b_hh
+    const void *h0
+    const int64_t *lengths
+    void *out
+    void *h_last
+    void *gates
+    void *work
+    Py_ssize_t *iwork
+    Py_ssize_t wstride
+    Py_ssize_t istride
+    Py_ssize_t per_block
+    Py_ssize_t B
+    Py_ssize_t T
+    Py_ssize_t I
+    Py_ssize_t H
+    bint reverse
+    bint reset_after
+    bint full
+    const void *d_out
+    const void *d_h_last
+    void *d_h0
+    void *d_gi
+    void *aux
+    void *h_in
+    void *d_x
+    void *dwihT
+    void *dwhhT
+    void *d_w_ih
+    void *d_w_hh
+    void *d_b_ih
+    void *d_b_hh
+    Py_ssize_t per_gate
+
+
+cdef class _Job:
+    """Items 0 .. n-1 of one parallel loop and the arguments they share."""
+    cdef _item_fn fn
+    cdef _Args args
+    cdef Py_ssize_t n
+
+
+cdef void _run_job(_Job job, int n_threads) except *:
+    # run the job's items, split statically over up to n_threads OpenMP
+    # threads; every item writes only its own part of the outputs
+    cdef Py_ssize_t item
+    cdef _item_fn fn = job.fn
+    cdef _Args *args = &job.args
+    with nogil:
+        for item in prange(job.n, schedule="static", num_threads=n_threads):
+            fn(args, item)
 
 
 # ---------------------------------------------------------------------------
@@ -465,6 +1119,7 @@ cdef void _forward_block(
     cdef floating *ghr
     cdef floating *hpr
     cdef floating z
+    cdef floating one = 1
 
     for b in range(b_start, b_stop):
         L = lengths[b]
@@ -510,8 +1165,7 @@ cdef void _forward_block(
         for i in range(na):
             gir = gi + i * G
             ghr = gh + i * G
-            for j in range(2 * H):
-                gir[j] = gir[j] + ghr[j]
+            _add(2 * H, gir, ghr)
             _sigmoid(2 * H, gir)
 
         if reset_after:
@@ -519,8 +1173,7 @@ cdef void _forward_block(
             for i in range(na):
                 gir = gi + i * G
                 ghr = gh + i * G
-                for j in range(H):
-                    gir[2 * H + j] = gir[2 * H + j] + gir[j] * ghr[2 * H + j]
+                _addmul(H, gir + 2 * H, gir, ghr + 2 * H)
         else:
             # n = tanh(gi_n + hn), hn = W_hn (r * h_prev) + b_hn
             for i in range(na):
@@ -532,8 +1185,7 @@ cdef void _forward_block(
             for i in range(na):
                 gir = gi + i * G
                 ghr = gh + i * G
-                for j in range(H):
-                    gir[2 * H + j] = gir[2 * H + j] + ghr[2 * H + j]
+                _add(H, gir + 2 * H, ghr + 2 * H)
         for i in range(na):
             _tanh(H, gi + i * G + 2 * H)
 
@@ -545,9 +1197,7 @@ cdef void _forward_block(
             b = act[i]
             t = tt[i]
             o = out + (b * T + t) * H
-            for j in range(H):
-                z = gir[H + j]
-                o[j] = (1 - z) * gir[2 * H + j] + z * hpr[j]
+            _hnew(H, o, gir + H, gir + 2 * H, hpr)
             if gates != NULL:
                 g = gates + (b * T + t) * 4 * H
                 memcpy(g, gir, G * sizeof(floating))
@@ -574,9 +1224,12 @@ cdef void _forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
     cdef Py_ssize_t n_blocks, per_block, blk, b_start, b_stop, wsize
     if B == 0 or T == 0:
         return
-    n_blocks = _n_blocks(B, n_threads)
+    n_threads = _use_threads(B, T, I, H, n_threads)
+    n_blocks = _n_blocks(B, n_threads, 3 * H * (I + H) * sizeof(floating))
     per_block = _ceil_div(B, n_blocks)
     n_blocks = _ceil_div(B, per_block)
+    if n_blocks < 2:
+        n_threads = 1
     wsize = per_block * (I + 8 * H)
     dtype = np.float32 if floating is float else np.float64
     cdef floating[:, ::1] wihT = np.empty((I, G), dtype=dtype)
@@ -587,14 +1240,64 @@ cdef void _forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
     with nogil:
         _transpose(G, I, &w_ih[0, 0], &wihT[0, 0])
         _transpose(G, H, &w_hh[0, 0], &whhT[0, 0])
-        for blk in prange(n_blocks, schedule="static", num_threads=n_threads):
-            b_start = blk * per_block
-            b_stop = min(b_start + per_block, B)
-            _forward_block(&x[0, 0, 0], &wihT[0, 0], &whhT[0, 0], &b_ih[0],
-                           &b_hh[0], &h0[0, 0], &lengths[0], b_start, b_stop,
-                           T, I, H, reverse, reset_after, &out[0, 0, 0],
-                           h_last_ptr, gates_ptr, &work[blk, 0],
-                           &iwork[blk, 0])
+        if n_threads == 1:
+            for blk in range(n_blocks):
+                b_start = blk * per_block
+                b_stop = min(b_start + per_block, B)
+                _forward_block(&x[0, 0, 0], &wihT[0, 0], &whhT[0, 0],
+                               &b_ih[0], &b_hh[0], &h0[0, 0], &lengths[0],
+                               b_start, b_stop, T, I, H, reverse, reset_after,
+                               &out[0, 0, 0], h_last_ptr, gates_ptr,
+                               &work[blk, 0], &iwork[blk, 0])
+    if n_threads > 1:
+        job = _Job()
+        job.fn = _forward_item_f if floating is float else _forward_item_d
+        job.n = n_blocks
+        job.args.x = &x[0, 0, 0]
+        job.args.w_ih = &wihT[0, 0]
+        job.args.w_hh = &whhT[0, 0]
+        job.args.b_ih = &b_ih[0]
+        job.args.b_hh = &b_hh[0]
+        job.args.h0 = &h0[0, 0]
+        job.args.lengths = &lengths[0]
+        job.args.out = &out[0, 0, 0]
+        job.args.h_last = h_last_ptr
+        job.args.gates = gates_ptr
+        job.args.work = &work[0, 0]
+        job.args.iwork = &iwork[0, 0]
+        job.args.wstride = wsize
+        job.args.istride = 2 * per_block
+        job.args.per_block = per_block
+        job.args.B = B
+        job.args.T = T
+        job.args.I = I
+        job.args.H = H
+        job.args.reverse = reverse
+        job.args.reset_after = reset_after
+        _run_job(job, n_threads)
+
+
+cdef void _forward_item(_Args *a, Py_ssize_t blk,
+                        floating *tag) noexcept nogil:
+    # one sample block of the forward pass (tag: NULL, selects the dtype)
+    cdef Py_ssize_t b_start = blk * a.per_block
+    cdef Py_ssize_t b_stop = min(b_start + a.per_block, a.B)
+    _forward_block(<const floating *>a.x, <const floating *>a.w_ih,
+                   <const floating *>a.w_hh, <const floating *>a.b_ih,
+                   <const floating *>a.b_hh, <const floating *>a.h0,
+                   a.lengths, b_start, b_stop, a.T, a.I, a.H, a.reverse,
+                   a.reset_after, <floating *>a.out, <floating *>a.h_last,
+                   <floating *>a.gates,
+                   <floating *>a.work + blk * a.wstride,
+                   a.iwork + blk * a.istride)
+
+
+cdef void _forward_item_f(void *a, Py_ssize_t blk) noexcept nogil:
+    _forward_item(<_Args *>a, blk, <float *>NULL)
+
+
+cdef void _forward_item_d(void *a, Py_ssize_t blk) noexcept nogil:
+    _forward_item(<_Args *>a, blk, <double *>NULL)
 
 
 def layer_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
@@ -648,10 +1351,152 @@ def layer_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
              out, &h_last[0, 0], gates_ptr, max(1, n_threads))
 
 
-def cell_forward(const floating[:, ::1] x, const floating[:, ::1] w_ih,
-                 const floating[:, ::1] w_hh, const floating[::1] b_ih,
-                 const floating[::1] b_hh, const floating[:, ::1] h,
-                 bint reset_after, floating[:, ::1] h_new, int n_threads=1):
+cdef void _cell_block(const floating *x, const floating *w_ih,
+                      const floating *w_hh, const floating *b_ih,
+                      const floating *b_hh, const floating *h, Py_ssize_t B,
+                      Py_ssize_t I, Py_ssize_t H, bint reset_after,
+                      floating *h_new, floating *work) noexcept nogil:
+    # x (B, I), w_ih (3H, I), w_hh (3H, H), b_ih, b_hh (3H,), h (B, H),
+    # h_new (B, H) written; work (B, 7H). The same operations, in the same
+    # order, as one step of _forward_block, with unpacked weights.
+    cdef Py_ssize_t G = 3 * H
+    cdef floating *gi = work                # (B, 3H) gi, then [r, z, n]
+    cdef floating *gh = gi + B * G          # (B, 3H) [gh_r, gh_z, hn]
+    cdef floating *rh = gh + B * G          # (B, H) r * h (reset before)
+    cdef floating *gir
+    cdef floating *ghr
+    cdef const floating *hpr
+    cdef floating *o
+    cdef floating z
+    cdef floating one = 1
+    cdef Py_ssize_t i, j
+    for i in range(B):
+        memcpy(gi + i * G, b_ih, G * sizeof(floating))
+        memcpy(gh + i * G, b_hh, G * sizeof(floating))
+    _gemm_nt(B, G, I, x, I, w_ih, I, gi, G)
+    if reset_after:
+        _gemm_nt(B, G, H, h, H, w_hh, H, gh, G)
+    else:
+        _gemm_nt(B, 2 * H, H, h, H, w_hh, H, gh, G)
+    for i in range(B):
+        gir = gi + i * G
+        ghr = gh + i * G
+        _add(2 * H, gir, ghr)
+        _sigmoid(2 * H, gir)
+    if reset_after:
+        for i in range(B):
+            gir = gi + i * G
+            ghr = gh + i * G
+            _addmul(H, gir + 2 * H, gir, ghr + 2 * H)
+    else:
+        for i in range(B):
+            gir = gi + i * G
+            hpr = h + i * H
+            for j in range(H):
+                rh[i * H + j] = gir[j] * hpr[j]
+        _gemm_nt(B, H, H, rh, H, w_hh + 2 * H * H, H, gh + 2 * H, G)
+        for i in range(B):
+            gir = gi + i * G
+            ghr = gh + i * G
+            _add(H, gir + 2 * H, ghr + 2 * H)
+    for i in range(B):
+        _tanh(H, gi + i * G + 2 * H)
+    for i in range(B):
+        gir = gi + i * G
+        hpr = h + i * H
+        o = h_new + i * H
+        _hnew(H, o, gir + H, gir + 2 * H, hpr)
+
+
+cdef extern from "Python.h":
+    int _ng_get_buffer "PyObject_GetBuffer" (object, Py_buffer *, int)
+    void PyErr_Clear()
+
+
+cdef int _buffer_kind(const Py_buffer *v) noexcept:
+    # 1 for native float32, 2 for native float64, 0 for anything else
+    cdef const char *f = v.format
+    if f == NULL:
+        return 0
+    if f[0] == 64 or f[0] == 61:         # '@' or '='
+        f += 1
+    if f[0] == 102 and f[1] == 0 and v.itemsize == 4:      # 'f'
+        return 1
+    if f[0] == 100 and f[1] == 0 and v.itemsize == 8:      # 'd'
+        return 2
+    return 0
+
+
+cdef int _cell_fast(object x, object w_ih, object w_hh, object b_ih,
+                    object b_hh, object h, bint reset_after,
+                    object h_new) except -1:
+    # one serial step without copies or packing when every array is a
+    # C-contiguous float32 or float64 buffer of the expected shape and the
+    # work is small; returns 0 (nothing done) otherwise
+    cdef Py_buffer v[8]
+    cdef int n_got = 0, kind = 0, ok = 1, k
+    cdef Py_ssize_t B, I, H, G
+    cdef void *work
+    cdef tuple objs = (x, w_ih, w_hh, b_ih, b_hh, h, h_new)
+    cdef int[7] ndims = [2, 2, 2, 1, 1, 2, 2]
+    for k in range(7):
+        if _ng_get_buffer(objs[k], &v[k], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT
+                          | (PyBUF_WRITABLE if k == 6 else 0)) != 0:
+            PyErr_Clear()
+            ok = 0
+            break
+        n_got += 1
+        if v[k].ndim != ndims[k]:
+            ok = 0
+            break
+        if k == 0:
+            kind = _buffer_kind(&v[0])
+        if kind == 0 or _buffer_kind(&v[k]) != kind:
+            ok = 0
+            break
+    try:
+        if not ok:
+            return 0
+        B = v[0].shape[0]
+        I = v[0].shape[1]
+        H = v[2].shape[1]
+        G = 3 * H
+        if (B < 1 or H < 1 or v[1].shape[0] != G or v[1].shape[1] != I
+                or v[2].shape[0] != G or v[3].shape[0] != G
+                or v[4].shape[0] != G or v[5].shape[0] != B
+                or v[5].shape[1] != H or v[6].shape[0] != B
+                or v[6].shape[1] != H):
+            return 0
+        if 6.0 * B * H * (I + H) >= _serial_flops:
+            return 0
+        work = malloc(B * 7 * H * v[0].itemsize)
+        if work == NULL:
+            return 0
+        with nogil:
+            if kind == 1:
+                _cell_block(<const float *>v[0].buf, <const float *>v[1].buf,
+                            <const float *>v[2].buf, <const float *>v[3].buf,
+                            <const float *>v[4].buf, <const float *>v[5].buf,
+                            B, I, H, reset_after, <float *>v[6].buf,
+                            <float *>work)
+            else:
+                _cell_block(<const double *>v[0].buf,
+                            <const double *>v[1].buf,
+                            <const double *>v[2].buf,
+                            <const double *>v[3].buf,
+                            <const double *>v[4].buf,
+                            <const double *>v[5].buf,
+                            B, I, H, reset_after, <double *>v[6].buf,
+                            <double *>work)
+        free(work)
+        return 1
+    finally:
+        for k in range(n_got):
+            PyBuffer_Release(&v[k])
+
+
+def cell_forward(x, w_ih, w_hh, b_ih, b_hh, h, reset_after, h_new,
+                 n_threads=1):
     """Advance one GRU layer by a single step.
 
     Parameters
@@ -678,6 +1523,18 @@ def cell_forward(const floating[:, ::1] x, const floating[:, ::1] w_ih,
     -----
     Gives bitwise the same state as :func:`layer_forward` run on one step.
     """
+    if not _cell_fast(x, w_ih, w_hh, b_ih, b_hh, h, reset_after, h_new):
+        _cell_forward_generic(x, w_ih, w_hh, b_ih, b_hh, h, reset_after,
+                              h_new, n_threads)
+
+
+def _cell_forward_generic(const floating[:, ::1] x,
+                          const floating[:, ::1] w_ih,
+                          const floating[:, ::1] w_hh,
+                          const floating[::1] b_ih, const floating[::1] b_hh,
+                          const floating[:, ::1] h, bint reset_after,
+                          floating[:, ::1] h_new, int n_threads=1):
+    # cell_forward through the layer kernel (large batches, odd arrays)
     cdef Py_ssize_t B = x.shape[0]
     if B == 0:
         return
@@ -726,7 +1583,7 @@ cdef void _backward_block(
     cdef floating *dgi
     cdef floating *dgar
     cdef floating *dhnr
-    cdef floating dn, dz, da_n
+    cdef floating one = 1
 
     for b in range(b_start, b_stop):
         L = lengths[b]
@@ -763,25 +1620,13 @@ cdef void _backward_block(
             dgi = d_gi + (b * T + t) * G
             dgar = dga + i * G
             memcpy(h_in + (b * T + t) * H, hprev, H * sizeof(floating))
-            for j in range(H):
-                # dh' = dh + d_out ; dn = dh' (1 - z) ; dz = dh' (h_prev - n)
-                dhnr[j] = dh[(b - b_start) * H + j] + dout[j]
-                dn = dhnr[j] * (1 - zz[j])
-                dz = dhnr[j] * (hprev[j] - n[j])
-                # da_n = dn (1 - n^2) ; da_z = dz z (1 - z)
-                da_n = dn * (1 - n[j] * n[j])
-                dgi[H + j] = dz * zz[j] * (1 - zz[j])
-                dgi[2 * H + j] = da_n
-                dgar[H + j] = dgi[H + j]
-                dgar[2 * H + j] = da_n
+            # dh' = dh + d_out ; dn = dh' (1 - z) ; dz = dh' (h_prev - n)
+            # da_n = dn (1 - n^2) ; da_z = dz z (1 - z)
+            _bwd_zn(H, dh + (b - b_start) * H, dout, zz, n, hprev, dhnr, dgi,
+                    dgar)
             if reset_after:
-                for j in range(H):
-                    # da_r = da_n hn r (1 - r) ; d(gh_n) = da_n r
-                    dgi[j] = dgi[2 * H + j] * hn[j] * r[j] * (1 - r[j])
-                    dgar[j] = dgi[j]
-                    dgar[2 * H + j] = dgi[2 * H + j] * r[j]
-                memcpy(d_ghn + (b * T + t) * H, dgar + 2 * H,
-                       H * sizeof(floating))
+                # da_r = da_n hn r (1 - r) ; d(gh_n) = da_n r
+                _bwd_r(H, hn, r, dgi, dgar, d_ghn + (b * T + t) * H)
 
         if reset_after:
             # dh_prev = dh' * z + W_hh^T [da_r, da_z, da_n * r]
@@ -791,9 +1636,8 @@ cdef void _backward_block(
             for i in range(na):
                 b = act[i]
                 zz = gates + (b * T + tt[i]) * 4 * H + H
-                for j in range(H):
-                    dh[(b - b_start) * H + j] = (
-                        dhn[i * H + j] * zz[j] + acc[i * H + j])
+                _muladd(H, dh + (b - b_start) * H, dhn + i * H, zz,
+                        acc + i * H)
         else:
             # d(r * h_prev) = W_hn^T da_n ; da_r = d(r h_prev) * h_prev * r (1 - r)
             for i in range(na):
@@ -807,7 +1651,7 @@ cdef void _backward_block(
                 hprev = h_in + (b * T + t) * H
                 dgi = d_gi + (b * T + t) * G
                 for j in range(H):
-                    dgi[j] = drh[i * H + j] * hprev[j] * r[j] * (1 - r[j])
+                    dgi[j] = drh[i * H + j] * hprev[j] * r[j] * (one - r[j])
                     dga[i * G + j] = dgi[j]
                     rh_in[(b * T + t) * H + j] = r[j] * hprev[j]
                 memset(acc + i * H, 0, H * sizeof(floating))
@@ -857,6 +1701,7 @@ cdef void _weight_grad_cols(
     cdef Py_ssize_t nc = c1 - c0
     cdef Py_ssize_t b, t, i, j, L, nbatch, K
     cdef bint n_block = c0 >= 2 * H
+    cdef floating one = 1
     cdef const floating *hsrc = rh_in if (n_block and not reset_after) else h_in
     cdef const floating *gsrc
     cdef Py_ssize_t gld, gcol
@@ -885,18 +1730,99 @@ cdef void _weight_grad_cols(
               dwihT + c0, G)
         _gemm(H, nc, K, hsrc + b * T * H, 1, H, gsrc + b * T * gld + gcol,
               gld, dwhhT + c0, G)
-        for t in range(K):
-            for j in range(nc):
-                d_b_ih[c0 + j] = d_b_ih[c0 + j] + d_gi[(b * T + t) * G + c0 + j]
-            for j in range(nc):
-                d_b_hh[c0 + j] = (d_b_hh[c0 + j]
-                                  + gsrc[(b * T + t) * gld + gcol + j])
+        # d_b += sum of the rows, as products with a row of ones:
+        # madd(1, g, acc) rounds g + acc once, like a plain sum
+        _gemm(1, nc, K, &one, 0, 0, d_gi + b * T * G + c0, G, d_b_ih + c0,
+              G)
+        _gemm(1, nc, K, &one, 0, 0, gsrc + b * T * gld + gcol, gld,
+              d_b_hh + c0, gld)
 
     for j in range(c0, c1):
         for i in range(I):
             d_w_ih[j * I + i] = dwihT[i * G + j]
         for i in range(H):
             d_w_hh[j * H + i] = dwhhT[i * G + j]
+
+
+cdef void _backward_and_input_grad(
+        const floating *x, const floating *w_ih, const floating *w_hh,
+        const floating *h0, const int64_t *lengths, Py_ssize_t blk,
+        Py_ssize_t per_block, Py_ssize_t B, Py_ssize_t T, Py_ssize_t I,
+        Py_ssize_t H, bint reverse, bint reset_after, const floating *out,
+        const floating *gates, const floating *d_out,
+        const floating *d_h_last, floating *d_h0, floating *d_gi,
+        floating *aux, floating *h_in, floating *work, Py_ssize_t *iwork,
+        floating *d_x) noexcept nogil:
+    # one sample block: backward through time, then the input gradient
+    cdef Py_ssize_t b_start = blk * per_block
+    cdef Py_ssize_t b_stop = min(b_start + per_block, B)
+    _backward_block(w_hh, h0, lengths, b_start, b_stop, T, H, reverse,
+                    reset_after, out, gates, d_out, d_h_last, d_h0, d_gi,
+                    aux, h_in, aux, work, iwork)
+    _input_grad_block(w_ih, lengths, b_start, b_stop, T, I, H, d_gi, d_x)
+
+
+cdef void _weight_grad_task(
+        const floating *x, const int64_t *lengths, Py_ssize_t B,
+        Py_ssize_t T, Py_ssize_t I, Py_ssize_t H, bint reset_after,
+        bint full, Py_ssize_t task, Py_ssize_t per_gate,
+        const floating *d_gi, const floating *aux, const floating *h_in,
+        floating *dwihT, floating *dwhhT, floating *d_w_ih,
+        floating *d_w_hh, floating *d_b_ih, floating *d_b_hh) noexcept nogil:
+    # one column piece of one gate block of the weight gradients
+    cdef Py_ssize_t gate = task // per_gate
+    cdef Py_ssize_t piece = task % per_gate
+    cdef Py_ssize_t c0, c1
+    c0 = gate * H + ((H * piece) // per_gate) // 16 * 16
+    if piece == per_gate - 1:
+        c1 = (gate + 1) * H
+    else:
+        c1 = gate * H + ((H * (piece + 1)) // per_gate) // 16 * 16
+    _weight_grad_cols(x, lengths, B, T, I, H, reset_after, full, d_gi, aux,
+                      h_in, aux, c0, c1, dwihT, dwhhT, d_w_ih, d_w_hh,
+                      d_b_ih, d_b_hh)
+
+
+cdef void _backward_item(_Args *a, Py_ssize_t blk,
+                         floating *tag) noexcept nogil:
+    # one sample block of the backward pass and its input gradient
+    _backward_and_input_grad(
+        <const floating *>a.x, <const floating *>a.w_ih,
+        <const floating *>a.w_hh, <const floating *>a.h0, a.lengths, blk,
+        a.per_block, a.B, a.T, a.I, a.H, a.reverse, a.reset_after,
+        <const floating *>a.out, <const floating *>a.gates,
+        <const floating *>a.d_out, <const floating *>a.d_h_last,
+        <floating *>a.d_h0, <floating *>a.d_gi, <floating *>a.aux,
+        <floating *>a.h_in, <floating *>a.work + blk * a.wstride,
+        a.iwork + blk * a.istride, <floating *>a.d_x)
+
+
+cdef void _backward_item_f(void *a, Py_ssize_t blk) noexcept nogil:
+    _backward_item(<_Args *>a, blk, <float *>NULL)
+
+
+cdef void _backward_item_d(void *a, Py_ssize_t blk) noexcept nogil:
+    _backward_item(<_Args *>a, blk, <double *>NULL)
+
+
+cdef void _weight_grad_item(_Args *a, Py_ssize_t task,
+                            floating *tag) noexcept nogil:
+    # one column piece of the weight gradients
+    _weight_grad_task(<const floating *>a.x, a.lengths, a.B, a.T, a.I, a.H,
+                      a.reset_after, a.full, task, a.per_gate,
+                      <const floating *>a.d_gi, <const floating *>a.aux,
+                      <const floating *>a.h_in, <floating *>a.dwihT,
+                      <floating *>a.dwhhT, <floating *>a.d_w_ih,
+                      <floating *>a.d_w_hh, <floating *>a.d_b_ih,
+                      <floating *>a.d_b_hh)
+
+
+cdef void _weight_grad_item_f(void *a, Py_ssize_t task) noexcept nogil:
+    _weight_grad_item(<_Args *>a, task, <float *>NULL)
+
+
+cdef void _weight_grad_item_d(void *a, Py_ssize_t task) noexcept nogil:
+    _weight_grad_item(<_Args *>a, task, <double *>NULL)
 
 
 def layer_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
@@ -966,12 +1892,16 @@ def layer_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
         if lengths[b] != T:
             full = False
 
-    n_blocks = _n_blocks(B, n_threads)
+    n_threads = _use_threads(B, T, I, H, n_threads)
+    n_blocks = _n_blocks(B, n_threads, 3 * H * (I + H) * sizeof(floating))
     per_block = _ceil_div(B, n_blocks)
     n_blocks = _ceil_div(B, per_block)
-    cdef floating[:, :, ::1] d_gi = np.empty((B, T, G), dtype=dtype)
-    cdef floating[:, :, ::1] h_in = np.empty((B, T, H), dtype=dtype)
-    cdef floating[:, :, ::1] aux = np.empty((B, T, H), dtype=dtype)
+    scratch = _take_scratch(B * T * (G + 2 * H), dtype)
+    cdef floating[:, :, ::1] d_gi = scratch[:B * T * G].reshape(B, T, G)
+    cdef floating[:, :, ::1] h_in = scratch[B * T * G:B * T * (G + H)].reshape(
+        B, T, H)
+    cdef floating[:, :, ::1] aux = scratch[B * T * (G + H):
+                                           B * T * (G + 2 * H)].reshape(B, T, H)
     cdef floating[:, ::1] work = np.empty((n_blocks, per_block * 8 * H),
                                           dtype=dtype)
     cdef Py_ssize_t[:, ::1] iwork = np.empty((n_blocks, 2 * per_block),
@@ -980,33 +1910,69 @@ def layer_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
     cdef floating[:, ::1] dwhhT = np.empty((H, G), dtype=dtype)
 
     # column pieces of each gate block, one task each, aligned to 16 columns
-    per_gate = max(1, min(n_threads, H // 16))
+    per_gate = max(1, min(2 * n_threads, H // 32)) if n_threads > 1 else 1
     n_tasks = 3 * per_gate
 
-    with nogil:
-        for blk in prange(n_blocks, schedule="static", num_threads=n_threads):
-            b_start = blk * per_block
-            b_stop = min(b_start + per_block, B)
-            _backward_block(&w_hh[0, 0], &h0[0, 0], &lengths[0], b_start,
-                            b_stop, T, H, reverse, reset_after,
-                            &out[0, 0, 0], &gates[0, 0, 0], &d_out[0, 0, 0],
-                            &d_h_last[0, 0], &d_h0[0, 0], &d_gi[0, 0, 0],
-                            &aux[0, 0, 0], &h_in[0, 0, 0], &aux[0, 0, 0],
-                            &work[blk, 0], &iwork[blk, 0])
-            _input_grad_block(&w_ih[0, 0], &lengths[0], b_start, b_stop, T,
-                              I, H, &d_gi[0, 0, 0], &d_x[0, 0, 0])
-
-        for task in prange(n_tasks, schedule="static", num_threads=n_threads):
-            gate = task // per_gate
-            piece = task % per_gate
-            c0 = gate * H + ((H * piece) // per_gate) // 16 * 16
-            if piece == per_gate - 1:
-                c1 = (gate + 1) * H
-            else:
-                c1 = gate * H + ((H * (piece + 1)) // per_gate) // 16 * 16
-            _weight_grad_cols(&x[0, 0, 0], &lengths[0], B, T, I, H,
-                              reset_after, full, &d_gi[0, 0, 0],
-                              &aux[0, 0, 0], &h_in[0, 0, 0], &aux[0, 0, 0],
-                              c0, c1, &dwihT[0, 0], &dwhhT[0, 0],
-                              &d_w_ih[0, 0], &d_w_hh[0, 0], &d_b_ih[0],
-                              &d_b_hh[0])
+    if n_threads == 1:
+        with nogil:
+            for blk in range(n_blocks):
+                _backward_and_input_grad(
+                    &x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], &h0[0, 0],
+                    &lengths[0], blk, per_block, B, T, I, H, reverse,
+                    reset_after, &out[0, 0, 0], &gates[0, 0, 0],
+                    &d_out[0, 0, 0], &d_h_last[0, 0], &d_h0[0, 0],
+                    &d_gi[0, 0, 0], &aux[0, 0, 0], &h_in[0, 0, 0],
+                    &work[blk, 0], &iwork[blk, 0], &d_x[0, 0, 0])
+            for task in range(n_tasks):
+                _weight_grad_task(&x[0, 0, 0], &lengths[0], B, T, I, H,
+                                  reset_after, full, task, per_gate,
+                                  &d_gi[0, 0, 0], &aux[0, 0, 0],
+                                  &h_in[0, 0, 0], &dwihT[0, 0],
+                                  &dwhhT[0, 0], &d_w_ih[0, 0], &d_w_hh[0, 0],
+                                  &d_b_ih[0], &d_b_hh[0])
+    else:
+        job = _Job()
+        job.fn = (_backward_item_f if floating is float
+                  else _backward_item_d)
+        job.n = n_blocks
+        job.args.x = &x[0, 0, 0]
+        job.args.w_ih = &w_ih[0, 0]
+        job.args.w_hh = &w_hh[0, 0]
+        job.args.h0 = &h0[0, 0]
+        job.args.lengths = &lengths[0]
+        job.args.out = <void *>&out[0, 0, 0]
+        job.args.gates = <void *>&gates[0, 0, 0]
+        job.args.work = &work[0, 0]
+        job.args.iwork = &iwork[0, 0]
+        job.args.wstride = work.shape[1]
+        job.args.istride = iwork.shape[1]
+        job.args.per_block = per_block
+        job.args.B = B
+        job.args.T = T
+        job.args.I = I
+        job.args.H = H
+        job.args.reverse = reverse
+        job.args.reset_after = reset_after
+        job.args.full = full
+        job.args.d_out = &d_out[0, 0, 0]
+        job.args.d_h_last = &d_h_last[0, 0]
+        job.args.d_h0 = &d_h0[0, 0]
+        job.args.d_gi = &d_gi[0, 0, 0]
+        job.args.aux = &aux[0, 0, 0]
+        job.args.h_in = &h_in[0, 0, 0]
+        job.args.d_x = &d_x[0, 0, 0]
+        job.args.dwihT = &dwihT[0, 0]
+        job.args.dwhhT = &dwhhT[0, 0]
+        job.args.d_w_ih = &d_w_ih[0, 0]
+        job.args.d_w_hh = &d_w_hh[0, 0]
+        job.args.d_b_ih = &d_b_ih[0]
+        job.args.d_b_hh = &d_b_hh[0]
+        job.args.per_gate = per_gate
+        _run_job(job, n_threads)
+        job2 = _Job()
+        job2.fn = (_weight_grad_item_f if floating is float
+                   else _weight_grad_item_d)
+        job2.n = n_tasks
+        job2.args = job.args
+        _run_job(job2, n_threads)
+    _give_back_scratch(scratch)

@@ -281,3 +281,105 @@ def test_avx2_and_avx512_give_the_same_bits(dtype):
     for part in (0, 1):
         for name, value in results["avx2"][part].items():
             assert_same_bits(value, results["avx512"][part][name], name)
+
+
+@pytest.fixture
+def always_parallel():
+    """Use the helper threads even for tiny problems (no serial shortcut)."""
+    previous = ck._set_serial_flops(0.0)
+    yield
+    ck._set_serial_flops(previous)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_threaded_path_same_bits_as_serial(dtype, reset_after, reverse,
+                                           simd_level):
+    p = make_problem(45, 11, 19, 37, dtype, varied=True, seed=9)
+    fwd1, grad1 = both(ck, p, reverse, reset_after, n_threads=1)
+    previous = ck._set_serial_flops(0.0)
+    try:
+        for n_threads in (2, 3, 4):
+            fwd, grad = both(ck, p, reverse, reset_after, n_threads=n_threads)
+            for name in FORWARD_OUTPUTS:
+                assert_same_bits(fwd1[name], fwd[name], name)
+            for name in GRADIENTS:
+                assert_same_bits(grad1[name], grad[name], name)
+    finally:
+        ck._set_serial_flops(previous)
+
+
+def test_threaded_path_from_concurrent_python_threads(always_parallel):
+    from concurrent.futures import ThreadPoolExecutor
+    problems = [make_problem(20 + k, 7, 5, 24, np.float32, varied=True,
+                             seed=20 + k) for k in range(6)]
+    expected = [both(ck, p, False, True, n_threads=1) for p in problems]
+
+    def run(k):
+        return both(ck, problems[k], False, True, n_threads=2)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, list(range(6)) * 3))
+    for k, (fwd, grad) in enumerate(results):
+        fwd1, grad1 = expected[k % 6]
+        for name in FORWARD_OUTPUTS:
+            assert_same_bits(fwd1[name], fwd[name], name)
+        for name in GRADIENTS:
+            assert_same_bits(grad1[name], grad[name], name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("batch", [1, 3, 4, 9])
+@pytest.mark.parametrize("hidden", [5, 16, 37])
+def test_cell_forward_same_bits_as_layer_step(dtype, reset_after, batch,
+                                              hidden, simd_level):
+    # the unpacked-weight product of the cell against the layer kernel,
+    # for sizes on and off the vector widths
+    p = make_problem(batch, 2, 19, hidden, dtype, varied=False, seed=11)
+    x = np.ascontiguousarray(p["x"][:, 0])
+    h_new = np.full(p["h0"].shape, np.nan, dtype=dtype)
+    ck.cell_forward(x, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], p["h0"],
+                    reset_after, h_new)
+    step = dict(p, x=np.ascontiguousarray(p["x"][:, :1]),
+                lengths=np.ones(batch, dtype=np.int64))
+    layer = run_forward(ck, step, False, reset_after)["h_last"]
+    assert_same_bits(h_new, layer, "h_new")
+    # the general path (used for large batches) gives the same bits
+    previous = ck._set_serial_flops(0.0)
+    try:
+        h_gen = np.full_like(h_new, np.nan)
+        ck.cell_forward(x, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                        p["h0"], reset_after, h_gen, n_threads=2)
+    finally:
+        ck._set_serial_flops(previous)
+    assert_same_bits(h_new, h_gen, "h_new")
+
+
+def test_cell_forward_rejects_bad_arrays():
+    p = make_problem(3, 2, 4, 6, np.float64, varied=False, seed=12)
+    x = np.ascontiguousarray(p["x"][:, 0])
+    h_new = np.empty_like(p["h0"])
+    args = [x, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], p["h0"]]
+    # non-contiguous input: not silently misread
+    bad = list(args)
+    bad[0] = np.asfortranarray(np.stack([x, x], axis=1))[:, 0]
+    with pytest.raises((ValueError, TypeError)):
+        ck.cell_forward(*bad, True, h_new)
+    # mixed dtypes
+    bad = list(args)
+    bad[1] = bad[1].astype(np.float32)
+    with pytest.raises((ValueError, TypeError)):
+        ck.cell_forward(*bad, True, h_new)
+    # read-only output
+    ro = np.empty_like(p["h0"])
+    ro.flags.writeable = False
+    with pytest.raises((ValueError, TypeError, BufferError)):
+        ck.cell_forward(*args, True, ro)
+    # read-only inputs are fine
+    for a in args:
+        a.flags.writeable = False
+    ck.cell_forward(*args, True, h_new)
+    np.testing.assert_allclose(h_new, _cell_reference(p, True), rtol=0,
+                               atol=1e-10)
