@@ -19,6 +19,14 @@ How the kernels are organised:
 - Weight gradients are reductions over all valid ``(b, t)`` rows in a fixed
   order (``b`` ascending, then ``t`` ascending), each output element owned by
   one task.
+- Small calls (little work per step, or fewer than two sample blocks) run a
+  serial build of the same kernels: no parallel region, same bits.
+- ``cell_forward`` (streaming) needs no packing: each gate pre-activation is
+  a dot product over one row of the row-major weights, a vectorised
+  reduction whose order is fixed at compile time. It agrees with a one-step
+  ``layer_forward`` to rounding, and a sample's result does not depend on
+  its batch or the thread count.
+- Work arrays of the large calls are kept per Python thread and reused.
 - float64 uses ``np.tanh`` and ``np.exp``; float32 uses a rational
   approximation of ``tanh`` (max abs error 3.5e-7) that vectorises;
   sigmoid(x) = (1 + tanh(x / 2)) / 2.
@@ -38,6 +46,10 @@ __all__ = ["layer_forward", "layer_backward", "cell_forward"]
 # ---------------------------------------------------------------------------
 # Threading layer and cache location (decided once, at import)
 # ---------------------------------------------------------------------------
+
+# OMP_WAIT_POLICY defaults to PASSIVE (set in numgru._backends, which is
+# imported before this module) so idle OpenMP threads sleep instead of spin.
+
 
 def _threadsafe_layer_available():
     for name in ("tbbpool", "omppool"):
@@ -174,7 +186,7 @@ def _sigmoid_impl(x):
 # Matrix products in a fixed summation order
 # ---------------------------------------------------------------------------
 
-_TILE_ELEMS = 4096   # elements of C (rows x tile width) kept hot per pass
+_TILE_ELEMS = 16384  # elements of C (rows x tile width) per pass over W
 
 
 @njit(**_JIT)
@@ -182,6 +194,8 @@ def _gemm_acc(A, ia, ak0, Wp, wk0, nk, nj, C, ic, cj0, na):
     # A (*, >= ak0+nk)   Wp (n_tiles, >= wk0+nk, JT) packed W, see _pack
     # C (*, >= cj0+nj)   ia, ic (>= na,) row indices into A and C
     # C[ic[a], cj0+j] += sum_k A[ia[a], ak0+k] * W[wk0+k, j], k ascending
+    # (k in groups of 8, then 4, then 1; rows 4 at a time: the grouping only
+    # changes which terms share a pass, each element stays one fma chain)
     JT = Wp.shape[2]
     rows = max(4, _TILE_ELEMS // JT)
     for a_lo in range(0, na, rows):
@@ -191,6 +205,140 @@ def _gemm_acc(A, ia, ak0, Wp, wk0, nk, nj, C, ic, cj0, na):
             m = min(JT, nj - j_lo)
             c_lo = cj0 + j_lo
             k = 0
+            while k + 8 <= nk:
+                w0 = Wp[tile, wk0 + k]
+                w1 = Wp[tile, wk0 + k + 1]
+                w2 = Wp[tile, wk0 + k + 2]
+                w3 = Wp[tile, wk0 + k + 3]
+                w4 = Wp[tile, wk0 + k + 4]
+                w5 = Wp[tile, wk0 + k + 5]
+                w6 = Wp[tile, wk0 + k + 6]
+                w7 = Wp[tile, wk0 + k + 7]
+                kk = ak0 + k
+                a = a_lo
+                while a + 4 <= a_hi:
+                    r0 = ia[a]
+                    p0_0 = A[r0, kk]
+                    p0_1 = A[r0, kk + 1]
+                    p0_2 = A[r0, kk + 2]
+                    p0_3 = A[r0, kk + 3]
+                    p0_4 = A[r0, kk + 4]
+                    p0_5 = A[r0, kk + 5]
+                    p0_6 = A[r0, kk + 6]
+                    p0_7 = A[r0, kk + 7]
+                    c0 = C[ic[a], c_lo:c_lo + m]
+                    r1 = ia[a + 1]
+                    p1_0 = A[r1, kk]
+                    p1_1 = A[r1, kk + 1]
+                    p1_2 = A[r1, kk + 2]
+                    p1_3 = A[r1, kk + 3]
+                    p1_4 = A[r1, kk + 4]
+                    p1_5 = A[r1, kk + 5]
+                    p1_6 = A[r1, kk + 6]
+                    p1_7 = A[r1, kk + 7]
+                    c1 = C[ic[a + 1], c_lo:c_lo + m]
+                    r2 = ia[a + 2]
+                    p2_0 = A[r2, kk]
+                    p2_1 = A[r2, kk + 1]
+                    p2_2 = A[r2, kk + 2]
+                    p2_3 = A[r2, kk + 3]
+                    p2_4 = A[r2, kk + 4]
+                    p2_5 = A[r2, kk + 5]
+                    p2_6 = A[r2, kk + 6]
+                    p2_7 = A[r2, kk + 7]
+                    c2 = C[ic[a + 2], c_lo:c_lo + m]
+                    r3 = ia[a + 3]
+                    p3_0 = A[r3, kk]
+                    p3_1 = A[r3, kk + 1]
+                    p3_2 = A[r3, kk + 2]
+                    p3_3 = A[r3, kk + 3]
+                    p3_4 = A[r3, kk + 4]
+                    p3_5 = A[r3, kk + 5]
+                    p3_6 = A[r3, kk + 6]
+                    p3_7 = A[r3, kk + 7]
+                    c3 = C[ic[a + 3], c_lo:c_lo + m]
+                    for j in range(m):
+                        u0 = w0[j]
+                        u1 = w1[j]
+                        u2 = w2[j]
+                        u3 = w3[j]
+                        u4 = w4[j]
+                        u5 = w5[j]
+                        u6 = w6[j]
+                        u7 = w7[j]
+                        v = c0[j]
+                        v = _fma(p0_0, u0, v)
+                        v = _fma(p0_1, u1, v)
+                        v = _fma(p0_2, u2, v)
+                        v = _fma(p0_3, u3, v)
+                        v = _fma(p0_4, u4, v)
+                        v = _fma(p0_5, u5, v)
+                        v = _fma(p0_6, u6, v)
+                        v = _fma(p0_7, u7, v)
+                        c0[j] = v
+                        v = c1[j]
+                        v = _fma(p1_0, u0, v)
+                        v = _fma(p1_1, u1, v)
+                        v = _fma(p1_2, u2, v)
+                        v = _fma(p1_3, u3, v)
+                        v = _fma(p1_4, u4, v)
+                        v = _fma(p1_5, u5, v)
+                        v = _fma(p1_6, u6, v)
+                        v = _fma(p1_7, u7, v)
+                        c1[j] = v
+                        v = c2[j]
+                        v = _fma(p2_0, u0, v)
+                        v = _fma(p2_1, u1, v)
+                        v = _fma(p2_2, u2, v)
+                        v = _fma(p2_3, u3, v)
+                        v = _fma(p2_4, u4, v)
+                        v = _fma(p2_5, u5, v)
+                        v = _fma(p2_6, u6, v)
+                        v = _fma(p2_7, u7, v)
+                        c2[j] = v
+                        v = c3[j]
+                        v = _fma(p3_0, u0, v)
+                        v = _fma(p3_1, u1, v)
+                        v = _fma(p3_2, u2, v)
+                        v = _fma(p3_3, u3, v)
+                        v = _fma(p3_4, u4, v)
+                        v = _fma(p3_5, u5, v)
+                        v = _fma(p3_6, u6, v)
+                        v = _fma(p3_7, u7, v)
+                        c3[j] = v
+                    a += 4
+                while a + 1 <= a_hi:
+                    r0 = ia[a]
+                    p0_0 = A[r0, kk]
+                    p0_1 = A[r0, kk + 1]
+                    p0_2 = A[r0, kk + 2]
+                    p0_3 = A[r0, kk + 3]
+                    p0_4 = A[r0, kk + 4]
+                    p0_5 = A[r0, kk + 5]
+                    p0_6 = A[r0, kk + 6]
+                    p0_7 = A[r0, kk + 7]
+                    c0 = C[ic[a], c_lo:c_lo + m]
+                    for j in range(m):
+                        u0 = w0[j]
+                        u1 = w1[j]
+                        u2 = w2[j]
+                        u3 = w3[j]
+                        u4 = w4[j]
+                        u5 = w5[j]
+                        u6 = w6[j]
+                        u7 = w7[j]
+                        v = c0[j]
+                        v = _fma(p0_0, u0, v)
+                        v = _fma(p0_1, u1, v)
+                        v = _fma(p0_2, u2, v)
+                        v = _fma(p0_3, u3, v)
+                        v = _fma(p0_4, u4, v)
+                        v = _fma(p0_5, u5, v)
+                        v = _fma(p0_6, u6, v)
+                        v = _fma(p0_7, u7, v)
+                        c0[j] = v
+                    a += 1
+                k += 8
             while k + 4 <= nk:
                 w0 = Wp[tile, wk0 + k]
                 w1 = Wp[tile, wk0 + k + 1]
@@ -200,72 +348,123 @@ def _gemm_acc(A, ia, ak0, Wp, wk0, nk, nj, C, ic, cj0, na):
                 a = a_lo
                 while a + 4 <= a_hi:
                     r0 = ia[a]
-                    r1 = ia[a + 1]
-                    r2 = ia[a + 2]
-                    r3 = ia[a + 3]
-                    p00 = A[r0, kk]
-                    p01 = A[r0, kk + 1]
-                    p02 = A[r0, kk + 2]
-                    p03 = A[r0, kk + 3]
-                    p10 = A[r1, kk]
-                    p11 = A[r1, kk + 1]
-                    p12 = A[r1, kk + 2]
-                    p13 = A[r1, kk + 3]
-                    p20 = A[r2, kk]
-                    p21 = A[r2, kk + 1]
-                    p22 = A[r2, kk + 2]
-                    p23 = A[r2, kk + 3]
-                    p30 = A[r3, kk]
-                    p31 = A[r3, kk + 1]
-                    p32 = A[r3, kk + 2]
-                    p33 = A[r3, kk + 3]
+                    p0_0 = A[r0, kk]
+                    p0_1 = A[r0, kk + 1]
+                    p0_2 = A[r0, kk + 2]
+                    p0_3 = A[r0, kk + 3]
                     c0 = C[ic[a], c_lo:c_lo + m]
+                    r1 = ia[a + 1]
+                    p1_0 = A[r1, kk]
+                    p1_1 = A[r1, kk + 1]
+                    p1_2 = A[r1, kk + 2]
+                    p1_3 = A[r1, kk + 3]
                     c1 = C[ic[a + 1], c_lo:c_lo + m]
+                    r2 = ia[a + 2]
+                    p2_0 = A[r2, kk]
+                    p2_1 = A[r2, kk + 1]
+                    p2_2 = A[r2, kk + 2]
+                    p2_3 = A[r2, kk + 3]
                     c2 = C[ic[a + 2], c_lo:c_lo + m]
+                    r3 = ia[a + 3]
+                    p3_0 = A[r3, kk]
+                    p3_1 = A[r3, kk + 1]
+                    p3_2 = A[r3, kk + 2]
+                    p3_3 = A[r3, kk + 3]
                     c3 = C[ic[a + 3], c_lo:c_lo + m]
                     for j in range(m):
                         u0 = w0[j]
                         u1 = w1[j]
                         u2 = w2[j]
                         u3 = w3[j]
-                        c0[j] = _fma(p03, u3, _fma(p02, u2, _fma(
-                            p01, u1, _fma(p00, u0, c0[j]))))
-                        c1[j] = _fma(p13, u3, _fma(p12, u2, _fma(
-                            p11, u1, _fma(p10, u0, c1[j]))))
-                        c2[j] = _fma(p23, u3, _fma(p22, u2, _fma(
-                            p21, u1, _fma(p20, u0, c2[j]))))
-                        c3[j] = _fma(p33, u3, _fma(p32, u2, _fma(
-                            p31, u1, _fma(p30, u0, c3[j]))))
+                        v = c0[j]
+                        v = _fma(p0_0, u0, v)
+                        v = _fma(p0_1, u1, v)
+                        v = _fma(p0_2, u2, v)
+                        v = _fma(p0_3, u3, v)
+                        c0[j] = v
+                        v = c1[j]
+                        v = _fma(p1_0, u0, v)
+                        v = _fma(p1_1, u1, v)
+                        v = _fma(p1_2, u2, v)
+                        v = _fma(p1_3, u3, v)
+                        c1[j] = v
+                        v = c2[j]
+                        v = _fma(p2_0, u0, v)
+                        v = _fma(p2_1, u1, v)
+                        v = _fma(p2_2, u2, v)
+                        v = _fma(p2_3, u3, v)
+                        c2[j] = v
+                        v = c3[j]
+                        v = _fma(p3_0, u0, v)
+                        v = _fma(p3_1, u1, v)
+                        v = _fma(p3_2, u2, v)
+                        v = _fma(p3_3, u3, v)
+                        c3[j] = v
                     a += 4
-                while a < a_hi:
+                while a + 1 <= a_hi:
                     r0 = ia[a]
-                    p00 = A[r0, kk]
-                    p01 = A[r0, kk + 1]
-                    p02 = A[r0, kk + 2]
-                    p03 = A[r0, kk + 3]
+                    p0_0 = A[r0, kk]
+                    p0_1 = A[r0, kk + 1]
+                    p0_2 = A[r0, kk + 2]
+                    p0_3 = A[r0, kk + 3]
                     c0 = C[ic[a], c_lo:c_lo + m]
                     for j in range(m):
-                        c0[j] = _fma(p03, w3[j], _fma(p02, w2[j], _fma(
-                            p01, w1[j], _fma(p00, w0[j], c0[j]))))
+                        u0 = w0[j]
+                        u1 = w1[j]
+                        u2 = w2[j]
+                        u3 = w3[j]
+                        v = c0[j]
+                        v = _fma(p0_0, u0, v)
+                        v = _fma(p0_1, u1, v)
+                        v = _fma(p0_2, u2, v)
+                        v = _fma(p0_3, u3, v)
+                        c0[j] = v
                     a += 1
                 k += 4
-            while k < nk:
+            while k + 1 <= nk:
                 w0 = Wp[tile, wk0 + k]
-                for a in range(a_lo, a_hi):
-                    p00 = A[ia[a], ak0 + k]
+                kk = ak0 + k
+                a = a_lo
+                while a + 4 <= a_hi:
+                    r0 = ia[a]
+                    p0_0 = A[r0, kk]
+                    c0 = C[ic[a], c_lo:c_lo + m]
+                    r1 = ia[a + 1]
+                    p1_0 = A[r1, kk]
+                    c1 = C[ic[a + 1], c_lo:c_lo + m]
+                    r2 = ia[a + 2]
+                    p2_0 = A[r2, kk]
+                    c2 = C[ic[a + 2], c_lo:c_lo + m]
+                    r3 = ia[a + 3]
+                    p3_0 = A[r3, kk]
+                    c3 = C[ic[a + 3], c_lo:c_lo + m]
+                    for j in range(m):
+                        u0 = w0[j]
+                        c0[j] = _fma(p0_0, u0, c0[j])
+                        c1[j] = _fma(p1_0, u0, c1[j])
+                        c2[j] = _fma(p2_0, u0, c2[j])
+                        c3[j] = _fma(p3_0, u0, c3[j])
+                    a += 4
+                while a + 1 <= a_hi:
+                    r0 = ia[a]
+                    p0_0 = A[r0, kk]
                     c0 = C[ic[a], c_lo:c_lo + m]
                     for j in range(m):
-                        c0[j] = _fma(p00, w0[j], c0[j])
+                        u0 = w0[j]
+                        c0[j] = _fma(p0_0, u0, c0[j])
+                    a += 1
                 k += 1
 
 
-def _pack(w, width):
+def _pack(w):
     """Columns of ``w`` (K, N) in contiguous tiles: (ceil(N/width), K, width).
 
     Tile ``t`` holds columns ``t*width .. t*width+width-1`` (zero padded), so
-    a pass over one tile reads memory in order.
+    a pass over one tile reads memory in order. The width (a multiple of 8,
+    at most _MAX_TILE) changes speed, never results.
     """
     K, N = w.shape
+    width = min(_MAX_TILE, -(-N // 8) * 8)
     n_tiles = -(-N // width)
     padded = np.zeros((K, n_tiles * width), w.dtype)
     padded[:, :N] = w
@@ -273,8 +472,7 @@ def _pack(w, width):
         padded.reshape(K, n_tiles, width).transpose(1, 0, 2))
 
 
-def _tile_width(H):
-    return 64 if H >= 256 else 128
+_MAX_TILE = 256   # measured: 256-wide tiles beat 64 and 128 at every size
 
 
 @njit(**_JIT)
@@ -283,6 +481,8 @@ def _outer_acc(A, acol, X, xk0, nk, rows, nrows, D, j0, j1, dk0, db):
     # D (*, >= dk0+nk)   db (*,)
     # D[j, dk0+i] = sum_r A[rows[r], acol+j-j0] * X[rows[r], xk0+i]  (r ascending)
     # and, when dk0 == 0, db[j] = sum_r A[rows[r], acol+j-j0], for j0 <= j < j1
+    # Rows go 4 at a time and outputs j 4 at a time (each X load feeds 4
+    # outputs); every element is still one fma chain over r ascending.
     with_bias = dk0 == 0
     for j in range(j0, j1):
         d = D[j, dk0:dk0 + nk]
@@ -300,7 +500,49 @@ def _outer_acc(A, acol, X, xk0, nk, rows, nrows, D, j0, j1, dk0, db):
         x1 = X[q1, xk0:xk0 + nk]
         x2 = X[q2, xk0:xk0 + nk]
         x3 = X[q3, xk0:xk0 + nk]
-        for j in range(j0, j1):
+        j = j0
+        while j + 4 <= j1:
+            c = acol + j - j0
+            p00 = A[q0, c + 0]
+            p01 = A[q0, c + 1]
+            p02 = A[q0, c + 2]
+            p03 = A[q0, c + 3]
+            p10 = A[q1, c + 0]
+            p11 = A[q1, c + 1]
+            p12 = A[q1, c + 2]
+            p13 = A[q1, c + 3]
+            p20 = A[q2, c + 0]
+            p21 = A[q2, c + 1]
+            p22 = A[q2, c + 2]
+            p23 = A[q2, c + 3]
+            p30 = A[q3, c + 0]
+            p31 = A[q3, c + 1]
+            p32 = A[q3, c + 2]
+            p33 = A[q3, c + 3]
+            d0 = D[j, dk0:dk0 + nk]
+            d1 = D[j + 1, dk0:dk0 + nk]
+            d2 = D[j + 2, dk0:dk0 + nk]
+            d3 = D[j + 3, dk0:dk0 + nk]
+            for i in range(nk):
+                u0 = x0[i]
+                u1 = x1[i]
+                u2 = x2[i]
+                u3 = x3[i]
+                d0[i] = _fma(p30, u3, _fma(p20, u2, _fma(
+                    p10, u1, _fma(p00, u0, d0[i]))))
+                d1[i] = _fma(p31, u3, _fma(p21, u2, _fma(
+                    p11, u1, _fma(p01, u0, d1[i]))))
+                d2[i] = _fma(p32, u3, _fma(p22, u2, _fma(
+                    p12, u1, _fma(p02, u0, d2[i]))))
+                d3[i] = _fma(p33, u3, _fma(p23, u2, _fma(
+                    p13, u1, _fma(p03, u0, d3[i]))))
+            if with_bias:
+                db[j] = (((db[j] + p00) + p10) + p20) + p30
+                db[j + 1] = (((db[j + 1] + p01) + p11) + p21) + p31
+                db[j + 2] = (((db[j + 2] + p02) + p12) + p22) + p32
+                db[j + 3] = (((db[j + 3] + p03) + p13) + p23) + p33
+            j += 4
+        while j < j1:
             c = acol + j - j0
             p0 = A[q0, c]
             p1 = A[q1, c]
@@ -312,6 +554,7 @@ def _outer_acc(A, acol, X, xk0, nk, rows, nrows, D, j0, j1, dk0, db):
                     p1, x1[i], _fma(p0, x0[i], d[i]))))
             if with_bias:
                 db[j] = (((db[j] + p0) + p1) + p2) + p3
+            j += 1
         r += 4
     while r < nrows:
         q0 = rows[r]
@@ -432,98 +675,118 @@ def _step_back_before_r(g, h, d_rh, dh_new, dgi, hin, H):
 # Kernels
 # ---------------------------------------------------------------------------
 
-@njit(parallel=True, **_JIT)
-def _forward_kernel(x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0, lengths, T,
-                    reverse, reset_after, out2, h_last, gates2, keep_gates,
-                    block):
+@njit(**_JIT)
+def _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
+                         lengths, T, reverse, reset_after, out2, h_last,
+                         gates2, keep_gates, gibuf, block):
     # x2 (B*T, I)   b_ih, b_hh (3H,)
     # w_ih_p, w_rz_p, w_n_p: W_ih^T (I, 3H), W_hh^T[:, :2H] (H, 2H) and
     #   W_hh^T[:, 2H:] (H, H), packed by _pack
     # h0 (B, H)   lengths (B,)   out2 (B*T, H)   h_last (B, H)
     # gates2 (B*T, 4H) when keep_gates, else unused
+    # gibuf (B*T, 3H) work space for the input projection
     # block: samples per parallel task
     B, H = h0.shape
     I = x2.shape[1]
     G = 3 * H
-    n_blocks = (B + block - 1) // block
-    for ib in prange(n_blocks):
-        b0 = ib * block
-        nb = min(B, b0 + block) - b0
-        max_len = 0
+    b0 = ib * block
+    nb = min(B, b0 + block) - b0
+    max_len = 0
+    for s in range(nb):
+        max_len = max(max_len, lengths[b0 + s])
+    # input projection for every valid step of the block
+    n_rows = 0
+    for s in range(nb):
+        n_rows += lengths[b0 + s]
+    row_x = np.empty(n_rows, np.int64)
+    row_g = np.empty(n_rows, np.int64)
+    gi = gibuf[b0 * T:(b0 + nb) * T]
+    a = 0
+    for s in range(nb):
+        for t in range(lengths[b0 + s]):
+            row_x[a] = (b0 + s) * T + t
+            row_g[a] = s * T + t
+            gi[s * T + t, :] = b_ih
+            a += 1
+    _gemm_acc(x2, row_x, 0, w_ih_p, 0, I, G, gi, row_g, 0, n_rows)
+    # zero what lies past each sample's length
+    for s in range(nb):
+        b = b0 + s
+        for t in range(lengths[b], T):
+            out2[b * T + t, :] = 0
+            if keep_gates:
+                gates2[b * T + t, :] = 0
+    h = np.empty((nb, H), x2.dtype)
+    for s in range(nb):
+        h[s, :] = h0[b0 + s]
+    gh = np.empty((nb, G), x2.dtype)
+    rh = np.empty((nb, H), x2.dtype)
+    scratch = np.empty((nb, 4 * H), x2.dtype)
+    active = np.empty(nb, np.int64)
+    n_gh = G if reset_after else 2 * H
+    for step in range(max_len):
+        na = 0
         for s in range(nb):
-            max_len = max(max_len, lengths[b0 + s])
-        # input projection for every valid step of the block
-        n_rows = 0
-        for s in range(nb):
-            n_rows += lengths[b0 + s]
-        row_x = np.empty(n_rows, np.int64)
-        row_g = np.empty(n_rows, np.int64)
-        gi = np.empty((nb * max_len, G), x2.dtype)
-        a = 0
-        for s in range(nb):
-            for t in range(lengths[b0 + s]):
-                row_x[a] = (b0 + s) * T + t
-                row_g[a] = s * max_len + t
-                gi[s * max_len + t, :] = b_ih
-                a += 1
-        _gemm_acc(x2, row_x, 0, w_ih_p, 0, I, G, gi, row_g, 0, n_rows)
-        # zero what lies past each sample's length
-        for s in range(nb):
-            b = b0 + s
-            for t in range(lengths[b], T):
-                out2[b * T + t, :] = 0
-                if keep_gates:
-                    gates2[b * T + t, :] = 0
-        h = np.empty((nb, H), x2.dtype)
-        for s in range(nb):
-            h[s, :] = h0[b0 + s]
-        gh = np.empty((nb, G), x2.dtype)
-        rh = np.empty((nb, H), x2.dtype)
-        scratch = np.empty((nb, 4 * H), x2.dtype)
-        active = np.empty(nb, np.int64)
-        n_gh = G if reset_after else 2 * H
-        for step in range(max_len):
-            na = 0
-            for s in range(nb):
-                if step < lengths[b0 + s]:
-                    active[na] = s
-                    na += 1
-            for a in range(na):
-                gh[active[a], :n_gh] = b_hh[:n_gh]
-            _gemm_acc(h, active, 0, w_rz_p, 0, H, 2 * H, gh, active, 0, na)
-            if reset_after:
-                _gemm_acc(h, active, 0, w_n_p, 0, H, H, gh, active, 2 * H,
-                          na)
-            if not reset_after:
-                for a in range(na):
-                    s = active[a]
-                    b = b0 + s
-                    t = lengths[b] - 1 - step if reverse else step
-                    g = gates2[b * T + t] if keep_gates else scratch[s]
-                    _step_before_rz(gi[s * max_len + t], gh[s], h[s], rh[s],
-                                    g, H)
-                    gh[s, 2 * H:] = b_hh[2 * H:]
-                _gemm_acc(rh, active, 0, w_n_p, 0, H, H, gh, active, 2 * H,
-                          na)
+            if step < lengths[b0 + s]:
+                active[na] = s
+                na += 1
+        for a in range(na):
+            gh[active[a], :n_gh] = b_hh[:n_gh]
+        _gemm_acc(h, active, 0, w_rz_p, 0, H, 2 * H, gh, active, 0, na)
+        if reset_after:
+            _gemm_acc(h, active, 0, w_n_p, 0, H, H, gh, active, 2 * H,
+                      na)
+        if not reset_after:
             for a in range(na):
                 s = active[a]
                 b = b0 + s
                 t = lengths[b] - 1 - step if reverse else step
                 g = gates2[b * T + t] if keep_gates else scratch[s]
-                o = out2[b * T + t]
-                if reset_after:
-                    _step_after(gi[s * max_len + t], gh[s], h[s], o, g, H)
-                else:
-                    _step_before_n(gi[s * max_len + t], gh[s], h[s], o, g, H)
-                h[s, :] = o
-        for s in range(nb):
-            h_last[b0 + s, :] = h[s]
-
+                _step_before_rz(gi[s * T + t], gh[s], h[s], rh[s],
+                                g, H)
+                gh[s, 2 * H:] = b_hh[2 * H:]
+            _gemm_acc(rh, active, 0, w_n_p, 0, H, H, gh, active, 2 * H,
+                      na)
+        for a in range(na):
+            s = active[a]
+            b = b0 + s
+            t = lengths[b] - 1 - step if reverse else step
+            g = gates2[b * T + t] if keep_gates else scratch[s]
+            o = out2[b * T + t]
+            if reset_after:
+                _step_after(gi[s * T + t], gh[s], h[s], o, g, H)
+            else:
+                _step_before_n(gi[s * T + t], gh[s], h[s], o, g, H)
+            h[s, :] = o
+    for s in range(nb):
+        h_last[b0 + s, :] = h[s]
 
 @njit(parallel=True, **_JIT)
-def _backward_kernel(w_ih_p, w_hh_p, h0, lengths, T, reverse, reset_after,
-                     out2, gates2, d_out2, d_h_last, d_x2, d_h0, dgi2, dghn2,
-                     hp2, hin2, block):
+def _forward_kernel(x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0, lengths, T,
+                    reverse, reset_after, out2, h_last, gates2, keep_gates,
+                    gibuf, block):
+    n_blocks = (h0.shape[0] + block - 1) // block
+    for ib in prange(n_blocks):
+        _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
+                             lengths, T, reverse, reset_after, out2, h_last,
+                             gates2, keep_gates, gibuf, block)
+
+
+@njit(**_JIT)
+def _forward_kernel_serial(x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0, lengths,
+                           T, reverse, reset_after, out2, h_last, gates2,
+                           keep_gates, gibuf, block):
+    n_blocks = (h0.shape[0] + block - 1) // block
+    for ib in range(n_blocks):
+        _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
+                             lengths, T, reverse, reset_after, out2, h_last,
+                             gates2, keep_gates, gibuf, block)
+
+
+@njit(**_JIT)
+def _backward_kernel_task(ib, w_ih_p, w_hh_p, h0, lengths, T, reverse,
+                          reset_after, out2, gates2, d_out2, d_h_last, d_x2,
+                          d_h0, dgi2, dghn2, hp2, hin2, block):
     # w_ih_p, w_hh_p: W_ih (3H, I) and W_hh (3H, H), packed by _pack
     # h0 (B, H)   lengths (B,)
     # out2 (B*T, H)   gates2 (B*T, 4H)   d_out2 (B*T, H)   d_h_last (B, H)
@@ -536,90 +799,111 @@ def _backward_kernel(w_ih_p, w_hh_p, h0, lengths, T, reverse, reset_after,
     I = d_x2.shape[1]
     G = 3 * H
     n_blocks = (B + block - 1) // block
-    for ib in prange(n_blocks):
-        b0 = ib * block
-        nb = min(B, b0 + block) - b0
-        max_len = 0
-        for s in range(nb):
-            max_len = max(max_len, lengths[b0 + s])
-        dh = np.empty((nb, H), h0.dtype)
-        dh_new = np.empty((nb, H), h0.dtype)
-        for s in range(nb):
-            dh[s, :] = d_h_last[b0 + s]
-            dh_new[s, :] = d_h_last[b0 + s]
-        d_rh = np.empty((nb, H), h0.dtype)
-        active = np.empty(nb, np.int64)
-        rows = np.empty(nb, np.int64)
-        for step in range(max_len - 1, -1, -1):
-            na = 0
-            for s in range(nb):
-                b = b0 + s
-                if step < lengths[b]:
-                    t = lengths[b] - 1 - step if reverse else step
-                    active[na] = s
-                    rows[na] = b * T + t
-                    na += 1
-            for a in range(na):
-                s = active[a]
-                b = b0 + s
-                q = rows[a]
-                if step == 0:
-                    hp2[q, :] = h0[b]
-                elif reverse:
-                    hp2[q, :] = out2[q + 1]
-                else:
-                    hp2[q, :] = out2[q - 1]
-            if reset_after:
-                for a in range(na):
-                    s = active[a]
-                    q = rows[a]
-                    _step_back_after(gates2[q], hp2[q], dh[s], d_out2[q],
-                                     dh_new[s], dgi2[q], dghn2[q], H)
-                _gemm_acc(dgi2, rows, 0, w_hh_p, 0, 2 * H, H, dh_new, active,
-                          0, na)
-                _gemm_acc(dghn2, rows, 0, w_hh_p, 2 * H, H, H, dh_new, active,
-                          0, na)
-            else:
-                for a in range(na):
-                    s = active[a]
-                    q = rows[a]
-                    _step_back_before_zn(gates2[q], hp2[q], dh[s], d_out2[q],
-                                         dh_new[s], dgi2[q], H)
-                    d_rh[s, :] = 0
-                _gemm_acc(dgi2, rows, 2 * H, w_hh_p, 2 * H, H, H, d_rh, active,
-                          0, na)
-                for a in range(na):
-                    s = active[a]
-                    q = rows[a]
-                    _step_back_before_r(gates2[q], hp2[q], d_rh[s], dh_new[s],
-                                        dgi2[q], hin2[q], H)
-                _gemm_acc(dgi2, rows, 0, w_hh_p, 0, 2 * H, H, dh_new, active,
-                          0, na)
-            dh, dh_new = dh_new, dh
-        for s in range(nb):
-            d_h0[b0 + s, :] = dh[s]
-        # gradient of the inputs for every valid step of the block
-        n_rows = 0
-        for s in range(nb):
-            n_rows += lengths[b0 + s]
-        row_q = np.empty(n_rows, np.int64)
-        a = 0
+    b0 = ib * block
+    nb = min(B, b0 + block) - b0
+    max_len = 0
+    for s in range(nb):
+        max_len = max(max_len, lengths[b0 + s])
+    dh = np.empty((nb, H), h0.dtype)
+    dh_new = np.empty((nb, H), h0.dtype)
+    for s in range(nb):
+        dh[s, :] = d_h_last[b0 + s]
+        dh_new[s, :] = d_h_last[b0 + s]
+    d_rh = np.empty((nb, H), h0.dtype)
+    active = np.empty(nb, np.int64)
+    rows = np.empty(nb, np.int64)
+    for step in range(max_len - 1, -1, -1):
+        na = 0
         for s in range(nb):
             b = b0 + s
-            for t in range(T):
-                if t < lengths[b]:
-                    row_q[a] = b * T + t
-                    a += 1
-                d_x2[b * T + t, :] = 0
-        _gemm_acc(dgi2, row_q, 0, w_ih_p, 0, G, I, d_x2, row_q, 0, n_rows)
+            if step < lengths[b]:
+                t = lengths[b] - 1 - step if reverse else step
+                active[na] = s
+                rows[na] = b * T + t
+                na += 1
+        for a in range(na):
+            s = active[a]
+            b = b0 + s
+            q = rows[a]
+            if step == 0:
+                hp2[q, :] = h0[b]
+            elif reverse:
+                hp2[q, :] = out2[q + 1]
+            else:
+                hp2[q, :] = out2[q - 1]
+        if reset_after:
+            for a in range(na):
+                s = active[a]
+                q = rows[a]
+                _step_back_after(gates2[q], hp2[q], dh[s], d_out2[q],
+                                 dh_new[s], dgi2[q], dghn2[q], H)
+            _gemm_acc(dgi2, rows, 0, w_hh_p, 0, 2 * H, H, dh_new, active,
+                      0, na)
+            _gemm_acc(dghn2, rows, 0, w_hh_p, 2 * H, H, H, dh_new, active,
+                      0, na)
+        else:
+            for a in range(na):
+                s = active[a]
+                q = rows[a]
+                _step_back_before_zn(gates2[q], hp2[q], dh[s], d_out2[q],
+                                     dh_new[s], dgi2[q], H)
+                d_rh[s, :] = 0
+            _gemm_acc(dgi2, rows, 2 * H, w_hh_p, 2 * H, H, H, d_rh, active,
+                      0, na)
+            for a in range(na):
+                s = active[a]
+                q = rows[a]
+                _step_back_before_r(gates2[q], hp2[q], d_rh[s], dh_new[s],
+                                    dgi2[q], hin2[q], H)
+            _gemm_acc(dgi2, rows, 0, w_hh_p, 0, 2 * H, H, dh_new, active,
+                      0, na)
+        dh, dh_new = dh_new, dh
+    for s in range(nb):
+        d_h0[b0 + s, :] = dh[s]
+    # gradient of the inputs for every valid step of the block
+    n_rows = 0
+    for s in range(nb):
+        n_rows += lengths[b0 + s]
+    row_q = np.empty(n_rows, np.int64)
+    a = 0
+    for s in range(nb):
+        b = b0 + s
+        for t in range(T):
+            if t < lengths[b]:
+                row_q[a] = b * T + t
+                a += 1
+            d_x2[b * T + t, :] = 0
+    _gemm_acc(dgi2, row_q, 0, w_ih_p, 0, G, I, d_x2, row_q, 0, n_rows)
+
+@njit(parallel=True, **_JIT)
+def _backward_kernel(w_ih_p, w_hh_p, h0, lengths, T, reverse, reset_after,
+                     out2, gates2, d_out2, d_h_last, d_x2, d_h0, dgi2, dghn2,
+                     hp2, hin2, block):
+    n_blocks = (h0.shape[0] + block - 1) // block
+    for ib in prange(n_blocks):
+        _backward_kernel_task(ib, w_ih_p, w_hh_p, h0, lengths, T, reverse,
+                              reset_after, out2, gates2, d_out2, d_h_last,
+                              d_x2, d_h0, dgi2, dghn2, hp2, hin2, block)
+
+
+@njit(**_JIT)
+def _backward_kernel_serial(w_ih_p, w_hh_p, h0, lengths, T, reverse,
+                            reset_after, out2, gates2, d_out2, d_h_last, d_x2,
+                            d_h0, dgi2, dghn2, hp2, hin2, block):
+    n_blocks = (h0.shape[0] + block - 1) // block
+    for ib in range(n_blocks):
+        _backward_kernel_task(ib, w_ih_p, w_hh_p, h0, lengths, T, reverse,
+                              reset_after, out2, gates2, d_out2, d_h_last,
+                              d_x2, d_h0, dgi2, dghn2, hp2, hin2, block)
+
 
 
 _TASK_ROWS = 64   # rows of a weight gradient per task
-_TASK_COLS = 128  # columns of a weight gradient per task
+_TASK_COLS = 256  # columns of a weight gradient per task
 
 
-@njit(parallel=True, **_JIT)
-def _weight_grad_kernel(x2, dgi2, dghn2, hp2, hin2, lengths, T, reset_after,
+@njit(**_JIT)
+def _weight_grad_setup(x2, dgi2, dghn2, hp2, hin2, lengths, T, reset_after,
                         d_w_ih, d_w_hh, d_b_ih, d_b_hh):
     # x2 (B*T, I)   dgi2 (B*T, 3H)   dghn2 (B*T, H)   hp2, hin2 (B*T, H)
     # written: d_w_ih (3H, I)   d_w_hh (3H, H)   d_b_ih, d_b_hh (3H,)
@@ -662,81 +946,122 @@ def _weight_grad_kernel(x2, dgi2, dghn2, hp2, hin2, lengths, T, reset_after,
                 tasks[n_task, 3] = k
                 tasks[n_task, 4] = min(k + _TASK_COLS, nk)
                 n_task += 1
-    for it in prange(n_task):
-        which = tasks[it, 0]
-        j0 = tasks[it, 1]
-        j1 = tasks[it, 2]
-        k0 = tasks[it, 3]
-        nk = tasks[it, 4] - k0
-        if which == 0:
-            _outer_acc(dgi2, j0, x2, k0, nk, rows, n_rows, d_w_ih, j0, j1, k0,
-                       d_b_ih)
-        elif which == 1:
-            _outer_acc(dgi2, j0, hp2, k0, nk, rows, n_rows, d_w_hh, j0, j1,
-                       k0, d_b_hh)
-        elif reset_after:
-            _outer_acc(dghn2, j0 - 2 * H, hp2, k0, nk, rows, n_rows, d_w_hh,
-                       j0, j1, k0, d_b_hh)
-        else:
-            _outer_acc(dgi2, j0, hin2, k0, nk, rows, n_rows, d_w_hh, j0, j1,
-                       k0, d_b_hh)
+    return rows, n_rows, tasks
 
 
 @njit(**_JIT)
-def _cell_serial(x, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h, reset_after,
-                 h_new):
-    # x (B, I)   w_ih_p, w_rz_p, w_n_p as for _forward_kernel
-    # b_ih, b_hh (3H,)   h (B, H)   h_new (B, H) written
-    B = h.shape[0]
-    _cell_rows(x, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h, reset_after, h_new, 0,
-               B)
+def _weight_grad_task(it, tasks, rows, n_rows, x2, dgi2, dghn2, hp2, hin2,
+                      reset_after, d_w_ih, d_w_hh, d_b_ih, d_b_hh):
+    H = hp2.shape[1]
+    which = tasks[it, 0]
+    j0 = tasks[it, 1]
+    j1 = tasks[it, 2]
+    k0 = tasks[it, 3]
+    nk = tasks[it, 4] - k0
+    if which == 0:
+        _outer_acc(dgi2, j0, x2, k0, nk, rows, n_rows, d_w_ih, j0, j1, k0,
+                   d_b_ih)
+    elif which == 1:
+        _outer_acc(dgi2, j0, hp2, k0, nk, rows, n_rows, d_w_hh, j0, j1,
+                   k0, d_b_hh)
+    elif reset_after:
+        _outer_acc(dghn2, j0 - 2 * H, hp2, k0, nk, rows, n_rows, d_w_hh,
+                   j0, j1, k0, d_b_hh)
+    else:
+        _outer_acc(dgi2, j0, hin2, k0, nk, rows, n_rows, d_w_hh, j0, j1,
+                   k0, d_b_hh)
+
+@njit(parallel=True, **_JIT)
+def _weight_grad_kernel(x2, dgi2, dghn2, hp2, hin2, lengths, T, reset_after,
+                        d_w_ih, d_w_hh, d_b_ih, d_b_hh):
+    rows, n_rows, tasks = _weight_grad_setup(x2, dgi2, dghn2, hp2, hin2,
+                                             lengths, T, reset_after, d_w_ih,
+                                             d_w_hh, d_b_ih, d_b_hh)
+    for it in prange(tasks.shape[0]):
+        _weight_grad_task(it, tasks, rows, n_rows, x2, dgi2, dghn2, hp2, hin2,
+                          reset_after, d_w_ih, d_w_hh, d_b_ih, d_b_hh)
+
+
+@njit(**_JIT)
+def _weight_grad_kernel_serial(x2, dgi2, dghn2, hp2, hin2, lengths, T,
+                               reset_after, d_w_ih, d_w_hh, d_b_ih, d_b_hh):
+    rows, n_rows, tasks = _weight_grad_setup(x2, dgi2, dghn2, hp2, hin2,
+                                             lengths, T, reset_after, d_w_ih,
+                                             d_w_hh, d_b_ih, d_b_hh)
+    for it in range(tasks.shape[0]):
+        _weight_grad_task(it, tasks, rows, n_rows, x2, dgi2, dghn2, hp2, hin2,
+                          reset_after, d_w_ih, d_w_hh, d_b_ih, d_b_hh)
+
+
+@njit(cache=_JIT_CACHE, error_model="numpy", nogil=True,
+      fastmath={"reassoc", "contract"})
+def _dot(w, x, n):
+    # sum_k w[k] * x[k] for k < n. The reduction may be reassociated so LLVM
+    # vectorises it (partial sums in vector lanes, combined in a fixed order
+    # chosen at compile time): the result depends only on w, x and the
+    # compiled code, never on the batch, the sample's place in it or the
+    # thread count.
+    s = _unit(w[0]) - _unit(w[0])
+    for k in range(n):
+        s += w[k] * x[k]
+    return s
+
+
+@njit(**_JIT)
+def _cell_rows(x, w_ih, w_hh, b_ih, b_hh, h, reset_after, h_new, rh, b0, b1):
+    # one step for samples b0 .. b1-1 over the row-major weights, no packing:
+    # every gate pre-activation is a _dot over one weight row, so a sample's
+    # result does not depend on the batch; rh (>= H,) scratch (reset before)
+    H = h.shape[1]
+    I = x.shape[1]
+    one = _unit(b_ih[0])
+    for b in range(b0, b1):
+        xb = x[b]
+        hb = h[b]
+        if reset_after:
+            for j in range(H):
+                r = _sigmoid((b_ih[j] + _dot(w_ih[j], xb, I))
+                             + (b_hh[j] + _dot(w_hh[j], hb, H)))
+                z = _sigmoid((b_ih[H + j] + _dot(w_ih[H + j], xb, I))
+                             + (b_hh[H + j] + _dot(w_hh[H + j], hb, H)))
+                hn = b_hh[2 * H + j] + _dot(w_hh[2 * H + j], hb, H)
+                n = _tanh((b_ih[2 * H + j] + _dot(w_ih[2 * H + j], xb, I))
+                          + r * hn)
+                h_new[b, j] = (one - z) * n + z * hb[j]
+        else:
+            for j in range(H):
+                r = _sigmoid((b_ih[j] + _dot(w_ih[j], xb, I))
+                             + (b_hh[j] + _dot(w_hh[j], hb, H)))
+                rh[j] = r * hb[j]
+            for j in range(H):
+                z = _sigmoid((b_ih[H + j] + _dot(w_ih[H + j], xb, I))
+                             + (b_hh[H + j] + _dot(w_hh[H + j], hb, H)))
+                hn = b_hh[2 * H + j] + _dot(w_hh[2 * H + j], rh, H)
+                n = _tanh((b_ih[2 * H + j] + _dot(w_ih[2 * H + j], xb, I))
+                          + hn)
+                h_new[b, j] = (one - z) * n + z * hb[j]
+
+
+@njit(**_JIT)
+def _cell_serial(x, w_ih, w_hh, b_ih, b_hh, h, reset_after, h_new):
+    # x (B, I)   w_ih (3H, I)   w_hh (3H, H)   b_ih, b_hh (3H,)
+    # h (B, H)   h_new (B, H) written
+    H = h.shape[1]
+    rh = np.empty(H if not reset_after else 1, h.dtype)
+    _cell_rows(x, w_ih, w_hh, b_ih, b_hh, h, reset_after, h_new, rh, 0,
+               h.shape[0])
 
 
 @njit(parallel=True, **_JIT)
-def _cell_parallel(x, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h, reset_after,
-                   h_new, block):
+def _cell_parallel(x, w_ih, w_hh, b_ih, b_hh, h, reset_after, h_new, block):
     # same shapes as _cell_serial; block: samples per parallel task
-    B = h.shape[0]
+    B, H = h.shape
     n_blocks = (B + block - 1) // block
     for ib in prange(n_blocks):
         b0 = ib * block
-        _cell_rows(x, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h, reset_after,
-                   h_new, b0, min(B, b0 + block))
-
-
-@njit(**_JIT)
-def _cell_rows(x, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h, reset_after, h_new,
-               b0, b1):
-    # one step for samples b0 .. b1-1, same arithmetic as _forward_kernel
-    H = h.shape[1]
-    I = x.shape[1]
-    G = 3 * H
-    nb = b1 - b0
-    rows = np.empty(nb, np.int64)
-    local = np.empty(nb, np.int64)
-    gi = np.empty((nb, G), h.dtype)
-    gh = np.empty((nb, G), h.dtype)
-    g = np.empty((nb, 4 * H), h.dtype)
-    n_gh = G if reset_after else 2 * H
-    for s in range(nb):
-        rows[s] = b0 + s
-        local[s] = s
-        gi[s, :] = b_ih
-        gh[s, :n_gh] = b_hh[:n_gh]
-    _gemm_acc(x, rows, 0, w_ih_p, 0, I, G, gi, local, 0, nb)
-    _gemm_acc(h, rows, 0, w_rz_p, 0, H, 2 * H, gh, local, 0, nb)
-    if reset_after:
-        _gemm_acc(h, rows, 0, w_n_p, 0, H, H, gh, local, 2 * H, nb)
-        for s in range(nb):
-            _step_after(gi[s], gh[s], h[b0 + s], h_new[b0 + s], g[s], H)
-    else:
-        rh = np.empty((nb, H), h.dtype)
-        for s in range(nb):
-            _step_before_rz(gi[s], gh[s], h[b0 + s], rh[s], g[s], H)
-            gh[s, 2 * H:] = b_hh[2 * H:]
-        _gemm_acc(rh, local, 0, w_n_p, 0, H, H, gh, local, 2 * H, nb)
-        for s in range(nb):
-            _step_before_n(gi[s], gh[s], h[b0 + s], h_new[b0 + s], g[s], H)
+        rh = np.empty(H if not reset_after else 1, h.dtype)
+        _cell_rows(x, w_ih, w_hh, b_ih, b_hh, h, reset_after, h_new, rh, b0,
+                   min(B, b0 + block))
 
 
 # ---------------------------------------------------------------------------
@@ -748,6 +1073,21 @@ def _block_size(B, H, n_threads):
     per_thread = -(-B // n_threads)
     cap = 64 if H >= 256 else 16
     return max(1, min(cap, per_thread))
+
+
+_SERIAL_WORK = 1 << 17   # B * H * (I + H) below this: one step is too little
+                         # work to share between threads
+_SERIAL_TOTAL = 1 << 21  # B * T * H * (I + H) below this: run serially
+
+
+def _serial(B, T, I, H, n_threads):
+    """Whether a layer call runs without a parallel region (same bits)."""
+    if n_threads <= 1 or B < 2:
+        return True
+    if -(-B // _block_size(B, H, n_threads)) < 2:
+        return True
+    return (B * H * (I + H) < _SERIAL_WORK
+            and B * T * H * (I + H) < _SERIAL_TOTAL)
 
 
 class _Run:
@@ -780,10 +1120,30 @@ class _Run:
 def _pack_forward(w_ih, w_hh):
     """W_ih^T, W_hh^T[:, :2H] and W_hh^T[:, 2H:] packed for _gemm_acc."""
     H = w_hh.shape[1]
-    width = _tile_width(H)
     w_hh_t = w_hh.T
-    return (_pack(w_ih.T, width), _pack(w_hh_t[:, :2 * H], width),
-            _pack(w_hh_t[:, 2 * H:], width))
+    return (_pack(w_ih.T), _pack(w_hh_t[:, :2 * H]), _pack(w_hh_t[:, 2 * H:]))
+
+
+_buffers = threading.local()
+
+
+def _work(slot, size, dtype):
+    """A work array of ``size`` elements, reused between calls.
+
+    Each Python thread keeps its own buffers (slots 0-2), grown when a call
+    needs more: large calls then pay neither the allocation nor the page
+    faults of fresh memory again. The contents are never read before being
+    written by the kernels.
+    """
+    dtype = np.dtype(dtype)
+    bufs = getattr(_buffers, "bufs", None)
+    if bufs is None:
+        bufs = _buffers.bufs = [None, None, None]
+    buf = bufs[slot]
+    if buf is None or buf.dtype != dtype or buf.size < size:
+        buf = np.empty(max(size, 1), dtype)
+        bufs[slot] = buf
+    return buf[:size]
 
 
 def _keep(gates):
@@ -833,10 +1193,18 @@ def layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse,
     gates2 = gates.reshape(B * T, 4 * H) if keep else np.empty((1, 4 * H),
                                                                x.dtype)
     w_ih_p, w_rz_p, w_n_p = _pack_forward(w_ih, w_hh)
+    gibuf = _work(0, B * T * 3 * H, x.dtype).reshape(B * T, 3 * H)
+    if _serial(B, T, I, H, n_threads):
+        _forward_kernel_serial(x.reshape(B * T, I), w_ih_p, w_rz_p, w_n_p,
+                               b_ih, b_hh, h0, lengths, T, bool(reverse),
+                               bool(reset_after), out.reshape(B * T, H),
+                               h_last, gates2, keep, gibuf,
+                               _block_size(B, H, 1))
+        return
     with _Run(n_threads) as run:
         _forward_kernel(x.reshape(B * T, I), w_ih_p, w_rz_p, w_n_p, b_ih, b_hh,
                         h0, lengths, T, bool(reverse), bool(reset_after),
-                        out.reshape(B * T, H), h_last, gates2, keep,
+                        out.reshape(B * T, H), h_last, gates2, keep, gibuf,
                         _block_size(B, H, run.n))
 
 
@@ -873,17 +1241,27 @@ def layer_backward(x, w_ih, w_hh, h0, lengths, reverse, reset_after, out,
     B, T, I = x.shape
     H = w_hh.shape[1]
     dtype = x.dtype
-    dgi2 = np.empty((B * T, 3 * H), dtype)
-    hp2 = np.empty((B * T, H), dtype)
+    dgi2 = _work(0, B * T * 3 * H, dtype).reshape(B * T, 3 * H)
+    hp2 = _work(1, B * T * H, dtype).reshape(B * T, H)
     if reset_after:
-        dghn2 = np.empty((B * T, H), dtype)
+        dghn2 = _work(2, B * T * H, dtype).reshape(B * T, H)
         hin2 = np.empty((1, H), dtype)
     else:
         dghn2 = np.empty((1, H), dtype)
-        hin2 = np.empty((B * T, H), dtype)
+        hin2 = _work(2, B * T * H, dtype).reshape(B * T, H)
+    if _serial(B, T, I, H, n_threads):
+        _backward_kernel_serial(
+            _pack(w_ih), _pack(w_hh), h0, lengths, T,
+            bool(reverse), bool(reset_after), out.reshape(B * T, H),
+            gates.reshape(B * T, 4 * H), d_out.reshape(B * T, H), d_h_last,
+            d_x.reshape(B * T, I), d_h0, dgi2, dghn2, hp2, hin2,
+            _block_size(B, H, 1))
+        _weight_grad_kernel_serial(x.reshape(B * T, I), dgi2, dghn2, hp2,
+                                   hin2, lengths, T, bool(reset_after),
+                                   d_w_ih, d_w_hh, d_b_ih, d_b_hh)
+        return
     with _Run(n_threads) as run:
-        width = _tile_width(H)
-        _backward_kernel(_pack(w_ih, width), _pack(w_hh, width), h0, lengths,
+        _backward_kernel(_pack(w_ih), _pack(w_hh), h0, lengths,
                          T, bool(reverse),
                          bool(reset_after), out.reshape(B * T, H),
                          gates.reshape(B * T, 4 * H), d_out.reshape(B * T, H),
@@ -916,17 +1294,18 @@ def cell_forward(x, w_ih, w_hh, b_ih, b_hh, h, reset_after, h_new,
     reset_after : bool
         PyTorch / cuDNN form (True) or the original Cho et al. form (False).
     h_new : ndarray of shape (B, H)
-        Written: the new state. Bitwise equal to what :func:`layer_forward`
-        gives for a one-step sequence.
+        Written: the new state. Equal to what :func:`layer_forward` gives
+        for a one-step sequence up to rounding (the sums run in another
+        fixed order); a sample's result does not depend on the batch or the
+        thread count.
     n_threads : int, default=1
         Threads to use when the batch is large enough to split.
     """
     B, H = h.shape
-    w_ih_p, w_rz_p, w_n_p = _pack_forward(w_ih, w_hh)
-    if B <= _SERIAL_BATCH or n_threads <= 1:
-        _cell_serial(x, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h,
-                     bool(reset_after), h_new)
+    if B <= _SERIAL_BATCH or n_threads <= 1 or B * H * (
+            x.shape[1] + H) < _SERIAL_WORK:
+        _cell_serial(x, w_ih, w_hh, b_ih, b_hh, h, bool(reset_after), h_new)
         return
     with _Run(n_threads) as run:
-        _cell_parallel(x, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h,
-                       bool(reset_after), h_new, _block_size(B, H, run.n))
+        _cell_parallel(x, w_ih, w_hh, b_ih, b_hh, h, bool(reset_after), h_new,
+                       _block_size(B, H, run.n))

@@ -184,22 +184,48 @@ def test_activations_accuracy_and_saturation():
         assert t[-3] == -1 and t[-2] == 1 and s[-3] == 0 and s[-2] == 1
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reset_after", [True, False])
-@pytest.mark.parametrize("B", [1, 9])
-def test_cell_forward_is_one_step(reset_after, B):
-    p = make_problem(B, 1, 3, 21, np.float32, False, seed=5)
+@pytest.mark.parametrize("B, I, H", [(1, 3, 21), (9, 3, 21), (6, 33, 40),
+                                     (40, 17, 64)])
+def test_cell_forward_is_one_step(reset_after, B, I, H, dtype):
+    p = make_problem(B, 1, I, H, dtype, False, seed=5)
     layer = run(nk, p, False, reset_after, keep_gates=False)
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    results = []
     for n_threads in (1, 2):
         h_new = np.full_like(p["h0"], 7)
         nk.cell_forward(p["x"][:, 0], p["w_ih"], p["w_hh"], p["b_ih"],
                         p["b_hh"], p["h0"], reset_after, h_new,
                         n_threads=n_threads)
-        assert np.array_equal(h_new, layer["out"][:, 0])
-    p64 = make_problem(B, 1, 3, 21, np.float64, False, seed=5)
+        np.testing.assert_allclose(h_new, layer["out"][:, 0], rtol=0,
+                                   atol=tol)
+        results.append(h_new)
+    # bitwise: thread count, and a sample alone vs inside the batch
+    assert np.array_equal(results[0], results[1])
+    pos = B // 2
+    alone = np.full_like(p["h0"][pos:pos + 1], 7)
+    nk.cell_forward(p["x"][pos:pos + 1, 0], p["w_ih"], p["w_hh"], p["b_ih"],
+                    p["b_hh"], p["h0"][pos:pos + 1], reset_after, alone,
+                    n_threads=2)
+    assert np.array_equal(alone[0], results[0][pos])
+    p64 = make_problem(B, 1, I, H, np.float64, False, seed=5)
     want = np.empty_like(p64["h0"])
     ref.cell_forward(p64["x"][:, 0], p64["w_ih"], p64["w_hh"], p64["b_ih"],
                      p64["b_hh"], p64["h0"], reset_after, want)
     got = np.empty_like(p64["h0"])
     nk.cell_forward(p64["x"][:, 0], p64["w_ih"], p64["w_hh"], p64["b_ih"],
                     p64["b_hh"], p64["h0"], reset_after, got)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("B", [2, 16, 40])
+def test_serial_and_parallel_paths_agree(B, monkeypatch):
+    # the serial path (small work) and the parallel one give the same bits
+    p = make_problem(B, 7, 5, 24, np.float32, True, seed=6)
+    monkeypatch.setattr(nk, "_serial", lambda *a: False)
+    par = run(nk, p, True, True, n_threads=2)
+    monkeypatch.setattr(nk, "_serial", lambda *a: True)
+    ser = run(nk, p, True, True, n_threads=2)
+    for name in par:
+        assert np.array_equal(par[name], ser[name]), name
