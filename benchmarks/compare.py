@@ -776,7 +776,7 @@ def startup_table(startup_results):
 def build_parser():
     """The command-line parser of :func:`main`."""
     parser = argparse.ArgumentParser(
-        prog="numgru bench",
+        prog="python benchmarks/compare.py",
         description="Time numgru next to PyTorch nn.GRU and ONNX Runtime's GRU "
                     "operator (float32, 2 threads each) and print markdown tables.")
     parser.add_argument(
@@ -826,6 +826,13 @@ def main(argv=None):
         reference or a measurement failed.
     """
     args = build_parser().parse_args(argv)
+    # The anchors' runtimes load before numgru: importing numgru makes idle
+    # OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE) unless the user chose a
+    # policy, and PyTorch's own OpenMP runtime, started after that, would run
+    # slower than its users see it.
+    for runtime in ("torch", "onnxruntime"):
+        if importlib.util.find_spec(runtime) is not None:
+            importlib.import_module(runtime)
     import numgru
 
     available = numgru.available_backends()
