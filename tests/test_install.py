@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -26,9 +27,12 @@ sys.meta_path.insert(0, BlockNumba())
 
 
 def _run(code, env=None):
+    # from a directory without a numgru source tree, so that the installed
+    # package (with its compiled extension) is the one imported
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-        text=True, env={**os.environ, **(env or {})}, timeout=600)
+        text=True, env={**os.environ, **(env or {})}, timeout=600,
+        cwd=tempfile.gettempdir())
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
@@ -40,6 +44,8 @@ def test_works_without_numba_on_the_cython_backend():
 import numpy as np
 import numgru
 from numgru.estimators import GRUClassifier
+
+assert numgru.__file__ == {expected!r}, numgru.__file__
 
 assert "numba" not in sys.modules
 assert numgru.available_backends() == ["cython", "numpy"], numgru.available_backends()
@@ -54,7 +60,7 @@ clf = GRUClassifier(hidden_size=4, max_iter=3, random_state=0).fit(x, [0, 1, 0, 
 assert clf.predict(x).shape == (5,)
 assert "numba" not in sys.modules
 print("ok")
-""", env={"NUMGRU_BACKEND": ""})
+""".replace("{expected!r}", repr(numgru.__file__)), env={"NUMGRU_BACKEND": ""})
     assert result.stdout.strip().endswith("ok")
 
 
