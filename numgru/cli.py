@@ -7,6 +7,7 @@ command means appending one more entry.
 """
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -348,7 +349,13 @@ def main(argv=None):
     if getattr(args, "run", None) is None:
         parser.print_help()
         return 2
-    return args.run(args)
+    try:
+        return args.run(args)
+    except BrokenPipeError:
+        # the reader went away (``numgru demo | head``): stop quietly, and
+        # keep Python from reporting the same error again at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -69,3 +69,14 @@ def test_python_dash_m_entry_point():
     assert completed.returncode == 0
     for option in ("--task", "--backend", "--threads", "--seed"):
         assert option in completed.stdout
+
+
+def test_output_piped_into_a_closed_reader_ends_quietly():
+    command = (f"{sys.executable} -m numgru demo --task forecast --max-iter 30 "
+               f"| head -n 1")
+    completed = subprocess.run(
+        command, shell=True, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert completed.stdout.startswith("Airline passengers")
+    assert "Traceback" not in completed.stderr, completed.stderr
+    assert "BrokenPipeError" not in completed.stderr, completed.stderr
