@@ -990,7 +990,7 @@ def _give_back_scratch(a):
 
 # Below this many floating-point operations (forward pass of one layer) a
 # call runs on the calling thread only: waking (and, on a busy machine,
-# waiting for) helper threads costs more than the work. Results do not
+# waiting for) other OpenMP threads costs more than the work. Results do not
 # depend on it.
 cdef double _serial_flops = 2.5e7
 
@@ -1021,12 +1021,9 @@ cdef int _use_threads(Py_ssize_t B, Py_ssize_t T, Py_ssize_t I,
 # threads
 #
 # Work items (sample blocks, or column pieces of the weight gradients) are
-# claimed one at a time from an atomic counter by the calling thread and by
-# helper threads of a small pool. The caller never waits for a helper that
-# has not started: if the OS is slow to run the helpers (a busy machine),
-# the caller does all the items itself and returns; it only waits, asleep,
-# for items a helper has claimed and not yet finished. An item's result does
-# not depend on which thread runs it.
+# split statically over OpenMP threads by _run_job. Each item writes only its
+# own part of the outputs, so an item's result does not depend on which
+# thread runs it.
 
 ctypedef void (*_item_fn)(void *args, Py_ssize_t item) noexcept nogil
 

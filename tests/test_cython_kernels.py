@@ -285,7 +285,7 @@ def test_avx2_and_avx512_give_the_same_bits(dtype):
 
 @pytest.fixture
 def always_parallel():
-    """Use the helper threads even for tiny problems (no serial shortcut)."""
+    """Use several threads even for tiny problems (no serial shortcut)."""
     previous = ck._set_serial_flops(0.0)
     yield
     ck._set_serial_flops(previous)
