@@ -17,31 +17,12 @@ from . import (ANCHOR_SHAPES, BACKENDS, DTYPE, N_THREADS, STREAM_STEP_SHAPE,
 SHAPE_NAMES = list(ANCHOR_SHAPES)
 
 
-class Forward:
-    """Inference over a batch of sequences: ``gru.forward(x)``."""
+class _OneLayerBenchmark:
+    """Shared setup: a float32 one-layer GRU and inputs at an anchor shape.
 
-    params = (BACKENDS, SHAPE_NAMES)
-    param_names = ["backend", "shape"]
-    timeout = 300
-
-    def setup(self, backend, shape):
-        skip_unless_runnable(backend, shape)
-        numgru.set_num_threads(N_THREADS)
-        n_inputs, n_hidden = ANCHOR_SHAPES[shape][2:]
-        self.gru = numgru.GRU(n_inputs, n_hidden, dtype="float32",
-                              backend=backend, random_state=0)
-        self.x, _ = make_inputs(ANCHOR_SHAPES[shape])
-        self.gru.forward(self.x)
-
-    def time_forward(self, backend, shape):
-        self.gru.forward(self.x)
-
-    def peakmem_forward(self, backend, shape):
-        self.gru.forward(self.x)
-
-
-class TrainStep:
-    """One training step of one layer: forward keeping the cache, then backward."""
+    Subclasses define ``run``, the call they time; ``setup`` runs it once so
+    just-in-time compilation is not timed.
+    """
 
     params = (BACKENDS, SHAPE_NAMES)
     param_names = ["backend", "shape"]
@@ -54,18 +35,36 @@ class TrainStep:
         self.gru = numgru.GRU(n_inputs, n_hidden, dtype="float32",
                               backend=backend, random_state=0)
         self.x, self.d_output = make_inputs(ANCHOR_SHAPES[shape])
-        self.train_step()
+        self.run()
 
-    def train_step(self):
+
+class Forward(_OneLayerBenchmark):
+    """Inference over a batch of sequences: ``gru.forward(x)``."""
+
+    def run(self):
+        """Forward pass without keeping a cache."""
+        return self.gru.forward(self.x)
+
+    def time_forward(self, backend, shape):
+        self.run()
+
+    def peakmem_forward(self, backend, shape):
+        self.run()
+
+
+class TrainStep(_OneLayerBenchmark):
+    """One training step of one layer: forward keeping the cache, then backward."""
+
+    def run(self):
         """Forward with cache, then backward of ``sum(output * d_output)``."""
         _, _, cache = self.gru.forward(self.x, return_cache=True)
         return self.gru.backward(cache, self.d_output)
 
     def time_train_step(self, backend, shape):
-        self.train_step()
+        self.run()
 
     def peakmem_train_step(self, backend, shape):
-        self.train_step()
+        self.run()
 
 
 class StreamStep:
