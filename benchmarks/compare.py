@@ -341,6 +341,10 @@ def make_onnx_gru_session(params, shape, with_initial_state=False,
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = n_threads
     options.inter_op_num_threads = 1
+    # Idle intra-op threads block instead of spinning: alone, ONNX Runtime is
+    # as fast either way; interleaved with other engines, its spinning threads
+    # took the cores from whichever engine ran next, and from itself.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = onnxruntime.InferenceSession(

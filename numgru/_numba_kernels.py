@@ -37,8 +37,11 @@ import threading
 
 import numpy as np
 import numba
+from llvmlite import binding as llvm_binding
+from llvmlite import ir as ll_ir
 from numba import njit, prange, types
-from numba.extending import intrinsic, overload
+from numba.core import cgutils
+from numba.extending import intrinsic, models, overload, register_model
 
 __all__ = ["layer_forward", "layer_backward", "cell_forward"]
 
@@ -183,10 +186,288 @@ def _sigmoid_impl(x):
 
 
 # ---------------------------------------------------------------------------
-# Matrix products in a fixed summation order
+# SIMD vectors: LLVM vector values held in registers
 # ---------------------------------------------------------------------------
 
-_TILE_ELEMS = 16384  # elements of C (rows x tile width) per pass over W
+def _vector_bytes():
+    """Bytes per SIMD register used by the matrix products.
+
+    The widest registers of the CPU Numba compiles for: 64 with AVX-512, 32
+    with AVX, else 16. Only speed depends on it: every lane is computed with
+    the same fused multiply-add as scalar code.
+    """
+    if numba.config.CPU_NAME not in (None, "host"):
+        return 16
+    try:
+        features = llvm_binding.get_host_cpu_features()
+    except Exception:  # pragma: no cover - feature query unsupported
+        return 16
+    if features.get("avx512f"):
+        return 64
+    if features.get("avx"):
+        return 32
+    return 16
+
+
+_VECTOR_BYTES = _vector_bytes()
+
+
+class _Vector(types.Type):
+    """``count`` values of the float type ``dtype`` in one SIMD register."""
+
+    def __init__(self, dtype, count):
+        self.dtype = dtype
+        self.count = count
+        super().__init__(name=f"numgru_vector({dtype} x {count})")
+
+
+@register_model(_Vector)
+class _VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        element = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ll_ir.VectorType(element, fe_type.count))
+
+
+def _vector_of(dtype):
+    return _Vector(dtype, _VECTOR_BYTES // (dtype.bitwidth // 8))
+
+
+def _is_float_matrix(a):
+    return (isinstance(a, types.Array) and a.ndim == 2
+            and isinstance(a.dtype, types.Float))
+
+
+def _vector_pointer(context, builder, aryty, ary, i, ity, j, jty, vecty):
+    # address of ary[i, j] as a pointer to a vector; the caller guarantees
+    # that the row is contiguous and holds the whole vector
+    arr = context.make_array(aryty)(context, builder, ary)
+    inds = [context.cast(builder, i, ity, types.intp),
+            context.cast(builder, j, jty, types.intp)]
+    ptr = cgutils.get_item_pointer2(
+        context, builder, data=arr.data,
+        shape=cgutils.unpack_tuple(builder, arr.shape),
+        strides=cgutils.unpack_tuple(builder, arr.strides),
+        layout=aryty.layout, inds=inds)
+    return builder.bitcast(ptr, context.get_value_type(vecty).as_pointer())
+
+
+@intrinsic
+def _vload(typingctx, a, i, j):
+    """The vector a[i, j:j + lanes] (a row-contiguous 2-D float array)."""
+    if not (_is_float_matrix(a) and isinstance(i, types.Integer)
+            and isinstance(j, types.Integer)):
+        return None
+    vecty = _vector_of(a.dtype)
+
+    def codegen(context, builder, signature, args):
+        ptr = _vector_pointer(context, builder, a, args[0], args[1], i,
+                              args[2], j, vecty)
+        return builder.load(ptr, align=a.dtype.bitwidth // 8)
+    return vecty(a, i, j), codegen
+
+
+@intrinsic
+def _vstore(typingctx, a, i, j, v):
+    """a[i, j:j + lanes] = v."""
+    if not (_is_float_matrix(a) and isinstance(i, types.Integer)
+            and isinstance(j, types.Integer) and v == _vector_of(a.dtype)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = _vector_pointer(context, builder, a, args[0], args[1], i,
+                              args[2], j, v)
+        builder.store(args[3], ptr, align=a.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+    return types.none(a, i, j, v), codegen
+
+
+@intrinsic
+def _vfma(typingctx, s, b, c):
+    """s * b + c lane by lane, rounded once (llvm.fma), for a scalar s."""
+    if not (isinstance(b, _Vector) and b == c and s == b.dtype):
+        return None
+
+    def codegen(context, builder, signature, args):
+        vt = args[1].type
+        undef = ll_ir.Constant(vt, ll_ir.Undefined)
+        lane0 = ll_ir.Constant(ll_ir.IntType(32), 0)
+        splat = builder.shuffle_vector(
+            builder.insert_element(undef, args[0], lane0), undef,
+            ll_ir.Constant(ll_ir.VectorType(ll_ir.IntType(32), vt.count),
+                           [0] * vt.count))
+        name = f"llvm.fma.v{vt.count}f{b.dtype.bitwidth}"
+        fma = cgutils.get_or_insert_function(
+            builder.module, ll_ir.FunctionType(vt, [vt, vt, vt]), name)
+        return builder.call(fma, [splat, args[1], args[2]])
+    return b(s, b, c), codegen
+
+
+@intrinsic
+def _vadd(typingctx, a, b):
+    """a + b lane by lane."""
+    if not (isinstance(a, _Vector) and a == b):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fadd(args[0], args[1])
+    return a(a, b), codegen
+
+
+@intrinsic
+def _lanes(typingctx, a):
+    """Values per vector for the dtype of the array ``a`` (a constant)."""
+    if not _is_float_matrix(a):
+        return None
+    count = _vector_of(a.dtype).count
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(types.intp, count)
+    return types.intp(a), codegen
+
+
+# ---------------------------------------------------------------------------
+# Matrix products in a fixed summation order
+# ---------------------------------------------------------------------------
+#
+# Every product below adds to C one fused multiply-add per term, in
+# ascending order of the summation index, starting from C's value: an element
+# of C is one fma chain whose value depends only on its own row of A and
+# column of W. Register tiles (4 rows x 2 vectors), the split of the sum
+# into passes (values go to memory and back unchanged) and the split of the
+# work between threads change the speed, never the bits.
+
+_KC = 256   # summation indices per pass over a panel of W
+_RC = 256   # rows per pass in the weight-gradient products
+
+
+@njit(**_JIT)
+def _panel2(A, ia, ka, W, kw, kn, wn, C, ic, cn, na):
+    # A (*, >= ka+kn)   W (>= kw+kn, >= wn+2L)   C (*, >= cn+2L)
+    # ia, ic (>= na,) row indices into A and C;  L = _lanes(C)
+    # C[ic[a], cn:cn+2L] += sum_k A[ia[a], ka+k] * W[kw+k, wn:wn+2L]
+    L = _lanes(C)
+    a = 0
+    while a + 4 <= na:
+        r0 = ia[a]
+        r1 = ia[a + 1]
+        r2 = ia[a + 2]
+        r3 = ia[a + 3]
+        q0 = ic[a]
+        q1 = ic[a + 1]
+        q2 = ic[a + 2]
+        q3 = ic[a + 3]
+        x00 = _vload(C, q0, cn)
+        x01 = _vload(C, q0, cn + L)
+        x10 = _vload(C, q1, cn)
+        x11 = _vload(C, q1, cn + L)
+        x20 = _vload(C, q2, cn)
+        x21 = _vload(C, q2, cn + L)
+        x30 = _vload(C, q3, cn)
+        x31 = _vload(C, q3, cn + L)
+        for k in range(kn):
+            b0 = _vload(W, kw + k, wn)
+            b1 = _vload(W, kw + k, wn + L)
+            s = A[r0, ka + k]
+            x00 = _vfma(s, b0, x00)
+            x01 = _vfma(s, b1, x01)
+            s = A[r1, ka + k]
+            x10 = _vfma(s, b0, x10)
+            x11 = _vfma(s, b1, x11)
+            s = A[r2, ka + k]
+            x20 = _vfma(s, b0, x20)
+            x21 = _vfma(s, b1, x21)
+            s = A[r3, ka + k]
+            x30 = _vfma(s, b0, x30)
+            x31 = _vfma(s, b1, x31)
+        _vstore(C, q0, cn, x00)
+        _vstore(C, q0, cn + L, x01)
+        _vstore(C, q1, cn, x10)
+        _vstore(C, q1, cn + L, x11)
+        _vstore(C, q2, cn, x20)
+        _vstore(C, q2, cn + L, x21)
+        _vstore(C, q3, cn, x30)
+        _vstore(C, q3, cn + L, x31)
+        a += 4
+    while a < na:
+        r0 = ia[a]
+        q0 = ic[a]
+        x00 = _vload(C, q0, cn)
+        x01 = _vload(C, q0, cn + L)
+        for k in range(kn):
+            s = A[r0, ka + k]
+            x00 = _vfma(s, _vload(W, kw + k, wn), x00)
+            x01 = _vfma(s, _vload(W, kw + k, wn + L), x01)
+        _vstore(C, q0, cn, x00)
+        _vstore(C, q0, cn + L, x01)
+        a += 1
+
+
+@njit(**_JIT)
+def _panel1(A, ia, ka, W, kw, kn, wn, C, ic, cn, na):
+    # as _panel2, for one vector: C[ic[a], cn:cn+L] += ... W[kw+k, wn:wn+L]
+    a = 0
+    while a + 4 <= na:
+        r0 = ia[a]
+        r1 = ia[a + 1]
+        r2 = ia[a + 2]
+        r3 = ia[a + 3]
+        x0 = _vload(C, ic[a], cn)
+        x1 = _vload(C, ic[a + 1], cn)
+        x2 = _vload(C, ic[a + 2], cn)
+        x3 = _vload(C, ic[a + 3], cn)
+        for k in range(kn):
+            b0 = _vload(W, kw + k, wn)
+            x0 = _vfma(A[r0, ka + k], b0, x0)
+            x1 = _vfma(A[r1, ka + k], b0, x1)
+            x2 = _vfma(A[r2, ka + k], b0, x2)
+            x3 = _vfma(A[r3, ka + k], b0, x3)
+        _vstore(C, ic[a], cn, x0)
+        _vstore(C, ic[a + 1], cn, x1)
+        _vstore(C, ic[a + 2], cn, x2)
+        _vstore(C, ic[a + 3], cn, x3)
+        a += 4
+    while a < na:
+        r0 = ia[a]
+        x0 = _vload(C, ic[a], cn)
+        for k in range(kn):
+            x0 = _vfma(A[r0, ka + k], _vload(W, kw + k, wn), x0)
+        _vstore(C, ic[a], cn, x0)
+        a += 1
+
+
+@njit(**_JIT)
+def _columns(A, ia, ka, W, kw, kn, wn, m, C, ic, cn, na):
+    # as _panel1, one column at a time, for the m (< L) columns left:
+    # C[ic[a], cn+j] += sum_k A[ia[a], ka+k] * W[kw+k, wn+j], j < m
+    for j in range(m):
+        a = 0
+        while a + 4 <= na:
+            r0 = ia[a]
+            r1 = ia[a + 1]
+            r2 = ia[a + 2]
+            r3 = ia[a + 3]
+            v0 = C[ic[a], cn + j]
+            v1 = C[ic[a + 1], cn + j]
+            v2 = C[ic[a + 2], cn + j]
+            v3 = C[ic[a + 3], cn + j]
+            for k in range(kn):
+                w = W[kw + k, wn + j]
+                v0 = _fma(A[r0, ka + k], w, v0)
+                v1 = _fma(A[r1, ka + k], w, v1)
+                v2 = _fma(A[r2, ka + k], w, v2)
+                v3 = _fma(A[r3, ka + k], w, v3)
+            C[ic[a], cn + j] = v0
+            C[ic[a + 1], cn + j] = v1
+            C[ic[a + 2], cn + j] = v2
+            C[ic[a + 3], cn + j] = v3
+            a += 4
+        while a < na:
+            r0 = ia[a]
+            v0 = C[ic[a], cn + j]
+            for k in range(kn):
+                v0 = _fma(A[r0, ka + k], W[kw + k, wn + j], v0)
+            C[ic[a], cn + j] = v0
+            a += 1
 
 
 @njit(**_JIT)
@@ -194,266 +475,26 @@ def _gemm_acc(A, ia, ak0, Wp, wk0, nk, nj, C, ic, cj0, na):
     # A (*, >= ak0+nk)   Wp (n_tiles, >= wk0+nk, JT) packed W, see _pack
     # C (*, >= cj0+nj)   ia, ic (>= na,) row indices into A and C
     # C[ic[a], cj0+j] += sum_k A[ia[a], ak0+k] * W[wk0+k, j], k ascending
-    # (k in groups of 8, then 4, then 1; rows 4 at a time: the grouping only
-    # changes which terms share a pass, each element stays one fma chain)
+    L = _lanes(C)
     JT = Wp.shape[2]
-    rows = max(4, _TILE_ELEMS // JT)
-    for a_lo in range(0, na, rows):
-        a_hi = min(a_lo + rows, na)
-        for tile in range(Wp.shape[0]):
-            j_lo = tile * JT
-            m = min(JT, nj - j_lo)
-            c_lo = cj0 + j_lo
-            k = 0
-            while k + 8 <= nk:
-                w0 = Wp[tile, wk0 + k]
-                w1 = Wp[tile, wk0 + k + 1]
-                w2 = Wp[tile, wk0 + k + 2]
-                w3 = Wp[tile, wk0 + k + 3]
-                w4 = Wp[tile, wk0 + k + 4]
-                w5 = Wp[tile, wk0 + k + 5]
-                w6 = Wp[tile, wk0 + k + 6]
-                w7 = Wp[tile, wk0 + k + 7]
-                kk = ak0 + k
-                a = a_lo
-                while a + 4 <= a_hi:
-                    r0 = ia[a]
-                    p0_0 = A[r0, kk]
-                    p0_1 = A[r0, kk + 1]
-                    p0_2 = A[r0, kk + 2]
-                    p0_3 = A[r0, kk + 3]
-                    p0_4 = A[r0, kk + 4]
-                    p0_5 = A[r0, kk + 5]
-                    p0_6 = A[r0, kk + 6]
-                    p0_7 = A[r0, kk + 7]
-                    c0 = C[ic[a], c_lo:c_lo + m]
-                    r1 = ia[a + 1]
-                    p1_0 = A[r1, kk]
-                    p1_1 = A[r1, kk + 1]
-                    p1_2 = A[r1, kk + 2]
-                    p1_3 = A[r1, kk + 3]
-                    p1_4 = A[r1, kk + 4]
-                    p1_5 = A[r1, kk + 5]
-                    p1_6 = A[r1, kk + 6]
-                    p1_7 = A[r1, kk + 7]
-                    c1 = C[ic[a + 1], c_lo:c_lo + m]
-                    r2 = ia[a + 2]
-                    p2_0 = A[r2, kk]
-                    p2_1 = A[r2, kk + 1]
-                    p2_2 = A[r2, kk + 2]
-                    p2_3 = A[r2, kk + 3]
-                    p2_4 = A[r2, kk + 4]
-                    p2_5 = A[r2, kk + 5]
-                    p2_6 = A[r2, kk + 6]
-                    p2_7 = A[r2, kk + 7]
-                    c2 = C[ic[a + 2], c_lo:c_lo + m]
-                    r3 = ia[a + 3]
-                    p3_0 = A[r3, kk]
-                    p3_1 = A[r3, kk + 1]
-                    p3_2 = A[r3, kk + 2]
-                    p3_3 = A[r3, kk + 3]
-                    p3_4 = A[r3, kk + 4]
-                    p3_5 = A[r3, kk + 5]
-                    p3_6 = A[r3, kk + 6]
-                    p3_7 = A[r3, kk + 7]
-                    c3 = C[ic[a + 3], c_lo:c_lo + m]
-                    for j in range(m):
-                        u0 = w0[j]
-                        u1 = w1[j]
-                        u2 = w2[j]
-                        u3 = w3[j]
-                        u4 = w4[j]
-                        u5 = w5[j]
-                        u6 = w6[j]
-                        u7 = w7[j]
-                        v = c0[j]
-                        v = _fma(p0_0, u0, v)
-                        v = _fma(p0_1, u1, v)
-                        v = _fma(p0_2, u2, v)
-                        v = _fma(p0_3, u3, v)
-                        v = _fma(p0_4, u4, v)
-                        v = _fma(p0_5, u5, v)
-                        v = _fma(p0_6, u6, v)
-                        v = _fma(p0_7, u7, v)
-                        c0[j] = v
-                        v = c1[j]
-                        v = _fma(p1_0, u0, v)
-                        v = _fma(p1_1, u1, v)
-                        v = _fma(p1_2, u2, v)
-                        v = _fma(p1_3, u3, v)
-                        v = _fma(p1_4, u4, v)
-                        v = _fma(p1_5, u5, v)
-                        v = _fma(p1_6, u6, v)
-                        v = _fma(p1_7, u7, v)
-                        c1[j] = v
-                        v = c2[j]
-                        v = _fma(p2_0, u0, v)
-                        v = _fma(p2_1, u1, v)
-                        v = _fma(p2_2, u2, v)
-                        v = _fma(p2_3, u3, v)
-                        v = _fma(p2_4, u4, v)
-                        v = _fma(p2_5, u5, v)
-                        v = _fma(p2_6, u6, v)
-                        v = _fma(p2_7, u7, v)
-                        c2[j] = v
-                        v = c3[j]
-                        v = _fma(p3_0, u0, v)
-                        v = _fma(p3_1, u1, v)
-                        v = _fma(p3_2, u2, v)
-                        v = _fma(p3_3, u3, v)
-                        v = _fma(p3_4, u4, v)
-                        v = _fma(p3_5, u5, v)
-                        v = _fma(p3_6, u6, v)
-                        v = _fma(p3_7, u7, v)
-                        c3[j] = v
-                    a += 4
-                while a + 1 <= a_hi:
-                    r0 = ia[a]
-                    p0_0 = A[r0, kk]
-                    p0_1 = A[r0, kk + 1]
-                    p0_2 = A[r0, kk + 2]
-                    p0_3 = A[r0, kk + 3]
-                    p0_4 = A[r0, kk + 4]
-                    p0_5 = A[r0, kk + 5]
-                    p0_6 = A[r0, kk + 6]
-                    p0_7 = A[r0, kk + 7]
-                    c0 = C[ic[a], c_lo:c_lo + m]
-                    for j in range(m):
-                        u0 = w0[j]
-                        u1 = w1[j]
-                        u2 = w2[j]
-                        u3 = w3[j]
-                        u4 = w4[j]
-                        u5 = w5[j]
-                        u6 = w6[j]
-                        u7 = w7[j]
-                        v = c0[j]
-                        v = _fma(p0_0, u0, v)
-                        v = _fma(p0_1, u1, v)
-                        v = _fma(p0_2, u2, v)
-                        v = _fma(p0_3, u3, v)
-                        v = _fma(p0_4, u4, v)
-                        v = _fma(p0_5, u5, v)
-                        v = _fma(p0_6, u6, v)
-                        v = _fma(p0_7, u7, v)
-                        c0[j] = v
-                    a += 1
-                k += 8
-            while k + 4 <= nk:
-                w0 = Wp[tile, wk0 + k]
-                w1 = Wp[tile, wk0 + k + 1]
-                w2 = Wp[tile, wk0 + k + 2]
-                w3 = Wp[tile, wk0 + k + 3]
-                kk = ak0 + k
-                a = a_lo
-                while a + 4 <= a_hi:
-                    r0 = ia[a]
-                    p0_0 = A[r0, kk]
-                    p0_1 = A[r0, kk + 1]
-                    p0_2 = A[r0, kk + 2]
-                    p0_3 = A[r0, kk + 3]
-                    c0 = C[ic[a], c_lo:c_lo + m]
-                    r1 = ia[a + 1]
-                    p1_0 = A[r1, kk]
-                    p1_1 = A[r1, kk + 1]
-                    p1_2 = A[r1, kk + 2]
-                    p1_3 = A[r1, kk + 3]
-                    c1 = C[ic[a + 1], c_lo:c_lo + m]
-                    r2 = ia[a + 2]
-                    p2_0 = A[r2, kk]
-                    p2_1 = A[r2, kk + 1]
-                    p2_2 = A[r2, kk + 2]
-                    p2_3 = A[r2, kk + 3]
-                    c2 = C[ic[a + 2], c_lo:c_lo + m]
-                    r3 = ia[a + 3]
-                    p3_0 = A[r3, kk]
-                    p3_1 = A[r3, kk + 1]
-                    p3_2 = A[r3, kk + 2]
-                    p3_3 = A[r3, kk + 3]
-                    c3 = C[ic[a + 3], c_lo:c_lo + m]
-                    for j in range(m):
-                        u0 = w0[j]
-                        u1 = w1[j]
-                        u2 = w2[j]
-                        u3 = w3[j]
-                        v = c0[j]
-                        v = _fma(p0_0, u0, v)
-                        v = _fma(p0_1, u1, v)
-                        v = _fma(p0_2, u2, v)
-                        v = _fma(p0_3, u3, v)
-                        c0[j] = v
-                        v = c1[j]
-                        v = _fma(p1_0, u0, v)
-                        v = _fma(p1_1, u1, v)
-                        v = _fma(p1_2, u2, v)
-                        v = _fma(p1_3, u3, v)
-                        c1[j] = v
-                        v = c2[j]
-                        v = _fma(p2_0, u0, v)
-                        v = _fma(p2_1, u1, v)
-                        v = _fma(p2_2, u2, v)
-                        v = _fma(p2_3, u3, v)
-                        c2[j] = v
-                        v = c3[j]
-                        v = _fma(p3_0, u0, v)
-                        v = _fma(p3_1, u1, v)
-                        v = _fma(p3_2, u2, v)
-                        v = _fma(p3_3, u3, v)
-                        c3[j] = v
-                    a += 4
-                while a + 1 <= a_hi:
-                    r0 = ia[a]
-                    p0_0 = A[r0, kk]
-                    p0_1 = A[r0, kk + 1]
-                    p0_2 = A[r0, kk + 2]
-                    p0_3 = A[r0, kk + 3]
-                    c0 = C[ic[a], c_lo:c_lo + m]
-                    for j in range(m):
-                        u0 = w0[j]
-                        u1 = w1[j]
-                        u2 = w2[j]
-                        u3 = w3[j]
-                        v = c0[j]
-                        v = _fma(p0_0, u0, v)
-                        v = _fma(p0_1, u1, v)
-                        v = _fma(p0_2, u2, v)
-                        v = _fma(p0_3, u3, v)
-                        c0[j] = v
-                    a += 1
-                k += 4
-            while k + 1 <= nk:
-                w0 = Wp[tile, wk0 + k]
-                kk = ak0 + k
-                a = a_lo
-                while a + 4 <= a_hi:
-                    r0 = ia[a]
-                    p0_0 = A[r0, kk]
-                    c0 = C[ic[a], c_lo:c_lo + m]
-                    r1 = ia[a + 1]
-                    p1_0 = A[r1, kk]
-                    c1 = C[ic[a + 1], c_lo:c_lo + m]
-                    r2 = ia[a + 2]
-                    p2_0 = A[r2, kk]
-                    c2 = C[ic[a + 2], c_lo:c_lo + m]
-                    r3 = ia[a + 3]
-                    p3_0 = A[r3, kk]
-                    c3 = C[ic[a + 3], c_lo:c_lo + m]
-                    for j in range(m):
-                        u0 = w0[j]
-                        c0[j] = _fma(p0_0, u0, c0[j])
-                        c1[j] = _fma(p1_0, u0, c1[j])
-                        c2[j] = _fma(p2_0, u0, c2[j])
-                        c3[j] = _fma(p3_0, u0, c3[j])
-                    a += 4
-                while a + 1 <= a_hi:
-                    r0 = ia[a]
-                    p0_0 = A[r0, kk]
-                    c0 = C[ic[a], c_lo:c_lo + m]
-                    for j in range(m):
-                        u0 = w0[j]
-                        c0[j] = _fma(p0_0, u0, c0[j])
-                    a += 1
-                k += 1
+    for tile in range(Wp.shape[0]):
+        W = Wp[tile]
+        j_lo = tile * JT
+        m = min(JT, nj - j_lo)
+        c_lo = cj0 + j_lo
+        for k_lo in range(0, nk, _KC):
+            kn = min(_KC, nk - k_lo)
+            ka = ak0 + k_lo
+            kw = wk0 + k_lo
+            n = 0
+            while n + 2 * L <= m:
+                _panel2(A, ia, ka, W, kw, kn, n, C, ic, c_lo + n, na)
+                n += 2 * L
+            while n + L <= m:
+                _panel1(A, ia, ka, W, kw, kn, n, C, ic, c_lo + n, na)
+                n += L
+            if n < m:
+                _columns(A, ia, ka, W, kw, kn, n, m - n, C, ic, c_lo + n, na)
 
 
 def _pack(w):
@@ -465,14 +506,172 @@ def _pack(w):
     """
     K, N = w.shape
     width = min(_MAX_TILE, -(-N // 8) * 8)
-    n_tiles = -(-N // width)
-    padded = np.zeros((K, n_tiles * width), w.dtype)
-    padded[:, :N] = w
-    return np.ascontiguousarray(
-        padded.reshape(K, n_tiles, width).transpose(1, 0, 2))
+    return _pack_kernel(w, width)
+
+
+@njit(**_JIT)
+def _pack_kernel(w, width):
+    # w (K, N), any strides   returns (ceil(N/width), K, width), see _pack
+    K, N = w.shape
+    n_tiles = (N + width - 1) // width
+    packed = np.empty((n_tiles, K, width), w.dtype)
+    for tile in range(n_tiles):
+        j0 = tile * width
+        m = min(width, N - j0)
+        for k in range(K):
+            for j in range(m):
+                packed[tile, k, j] = w[k, j0 + j]
+            for j in range(m, width):
+                packed[tile, k, j] = 0
+    return packed
 
 
 _MAX_TILE = 256   # measured: 256-wide tiles beat 64 and 128 at every size
+
+
+@njit(**_JIT)
+def _outer_panel(A, c, X, xk, rows, r_lo, r_hi, D, j, dk, two):
+    # A (R, >= c+4)   X (R, >= xk+vw)   D (>= j+4, >= dk+vw)
+    # rows (>= r_hi,) row indices; vw = 2L if two else L, L = _lanes(D)
+    # D[j+jj, dk:dk+vw] += sum_r A[rows[r], c+jj] * X[rows[r], xk:xk+vw]
+    # for jj < 4, r ascending from r_lo to r_hi
+    L = _lanes(D)
+    x00 = _vload(D, j, dk)
+    x10 = _vload(D, j + 1, dk)
+    x20 = _vload(D, j + 2, dk)
+    x30 = _vload(D, j + 3, dk)
+    if two:
+        x01 = _vload(D, j, dk + L)
+        x11 = _vload(D, j + 1, dk + L)
+        x21 = _vload(D, j + 2, dk + L)
+        x31 = _vload(D, j + 3, dk + L)
+        for r in range(r_lo, r_hi):
+            q = rows[r]
+            u0 = _vload(X, q, xk)
+            u1 = _vload(X, q, xk + L)
+            s = A[q, c]
+            x00 = _vfma(s, u0, x00)
+            x01 = _vfma(s, u1, x01)
+            s = A[q, c + 1]
+            x10 = _vfma(s, u0, x10)
+            x11 = _vfma(s, u1, x11)
+            s = A[q, c + 2]
+            x20 = _vfma(s, u0, x20)
+            x21 = _vfma(s, u1, x21)
+            s = A[q, c + 3]
+            x30 = _vfma(s, u0, x30)
+            x31 = _vfma(s, u1, x31)
+        _vstore(D, j, dk + L, x01)
+        _vstore(D, j + 1, dk + L, x11)
+        _vstore(D, j + 2, dk + L, x21)
+        _vstore(D, j + 3, dk + L, x31)
+    else:
+        for r in range(r_lo, r_hi):
+            q = rows[r]
+            u0 = _vload(X, q, xk)
+            x00 = _vfma(A[q, c], u0, x00)
+            x10 = _vfma(A[q, c + 1], u0, x10)
+            x20 = _vfma(A[q, c + 2], u0, x20)
+            x30 = _vfma(A[q, c + 3], u0, x30)
+    _vstore(D, j, dk, x00)
+    _vstore(D, j + 1, dk, x10)
+    _vstore(D, j + 2, dk, x20)
+    _vstore(D, j + 3, dk, x30)
+
+
+@njit(**_JIT)
+def _outer_row(A, c, X, xk0, nv, rows, r_lo, r_hi, D, j, dk0):
+    # one output row, nv a multiple of L = _lanes(D):
+    # D[j, dk0+i] += sum_r A[rows[r], c] * X[rows[r], xk0+i] for i < nv,
+    # r ascending from r_lo to r_hi
+    L = _lanes(D)
+    for i in range(0, nv, L):
+        v = _vload(D, j, dk0 + i)
+        for r in range(r_lo, r_hi):
+            q = rows[r]
+            v = _vfma(A[q, c], _vload(X, q, xk0 + i), v)
+        _vstore(D, j, dk0 + i, v)
+
+
+@njit(**_JIT)
+def _outer_panel_t(A, c, X, xk, ni, rows, r_lo, r_hi, D, j, dk, tmp):
+    # A (R, >= c+L)   X (R, >= xk+ni)   D (>= j+L, >= dk+ni)   1 <= ni <= 4
+    # tmp (4, L) scratch;  L = _lanes(D)
+    # D[j+l, dk+i] += sum_r A[rows[r], c+l] * X[rows[r], xk+i]  (l < L, i < ni)
+    # Vectors run along j here (a row of A), for inputs too narrow for
+    # vectors along i; each element is the same fma chain as in _outer_panel.
+    L = _lanes(D)
+    for i in range(4):
+        for lane in range(L):
+            tmp[i, lane] = D[j + lane, dk + i] if i < ni else 0
+    # columns past ni repeat the last one; their sums are never stored
+    x1 = xk + min(1, ni - 1)
+    x2 = xk + min(2, ni - 1)
+    x3 = xk + min(3, ni - 1)
+    v0 = _vload(tmp, 0, 0)
+    v1 = _vload(tmp, 1, 0)
+    v2 = _vload(tmp, 2, 0)
+    v3 = _vload(tmp, 3, 0)
+    for r in range(r_lo, r_hi):
+        q = rows[r]
+        a = _vload(A, q, c)
+        v0 = _vfma(X[q, xk], a, v0)
+        v1 = _vfma(X[q, x1], a, v1)
+        v2 = _vfma(X[q, x2], a, v2)
+        v3 = _vfma(X[q, x3], a, v3)
+    _vstore(tmp, 0, 0, v0)
+    _vstore(tmp, 1, 0, v1)
+    _vstore(tmp, 2, 0, v2)
+    _vstore(tmp, 3, 0, v3)
+    for i in range(ni):
+        for lane in range(L):
+            D[j + lane, dk + i] = tmp[i, lane]
+
+
+@njit(**_JIT)
+def _bias_acc(A, c, nj, rows, r_lo, r_hi, db, j0, tmp):
+    # A (R, >= c+nj)   db (>= j0+nj,)   tmp (4, L) scratch;  L = _lanes(tmp)
+    # db[j0+l] += sum_r A[rows[r], c+l], r ascending from r_lo to r_hi;
+    # 4 vectors of l at a time (independent chains), then one, then scalars
+    L = _lanes(tmp)
+    l0 = 0
+    while l0 + 4 * L <= nj:
+        for i in range(4):
+            for lane in range(L):
+                tmp[i, lane] = db[j0 + l0 + i * L + lane]
+        v0 = _vload(tmp, 0, 0)
+        v1 = _vload(tmp, 1, 0)
+        v2 = _vload(tmp, 2, 0)
+        v3 = _vload(tmp, 3, 0)
+        for r in range(r_lo, r_hi):
+            q = rows[r]
+            v0 = _vadd(v0, _vload(A, q, c + l0))
+            v1 = _vadd(v1, _vload(A, q, c + l0 + L))
+            v2 = _vadd(v2, _vload(A, q, c + l0 + 2 * L))
+            v3 = _vadd(v3, _vload(A, q, c + l0 + 3 * L))
+        _vstore(tmp, 0, 0, v0)
+        _vstore(tmp, 1, 0, v1)
+        _vstore(tmp, 2, 0, v2)
+        _vstore(tmp, 3, 0, v3)
+        for i in range(4):
+            for lane in range(L):
+                db[j0 + l0 + i * L + lane] = tmp[i, lane]
+        l0 += 4 * L
+    while l0 + L <= nj:
+        for lane in range(L):
+            tmp[0, lane] = db[j0 + l0 + lane]
+        v0 = _vload(tmp, 0, 0)
+        for r in range(r_lo, r_hi):
+            v0 = _vadd(v0, _vload(A, rows[r], c + l0))
+        _vstore(tmp, 0, 0, v0)
+        for lane in range(L):
+            db[j0 + l0 + lane] = tmp[0, lane]
+        l0 += L
+    for lane in range(l0, nj):
+        v = db[j0 + lane]
+        for r in range(r_lo, r_hi):
+            v = v + A[rows[r], c + lane]
+        db[j0 + lane] = v
 
 
 @njit(**_JIT)
@@ -481,99 +680,66 @@ def _outer_acc(A, acol, X, xk0, nk, rows, nrows, D, j0, j1, dk0, db):
     # D (*, >= dk0+nk)   db (*,)
     # D[j, dk0+i] = sum_r A[rows[r], acol+j-j0] * X[rows[r], xk0+i]  (r ascending)
     # and, when dk0 == 0, db[j] = sum_r A[rows[r], acol+j-j0], for j0 <= j < j1
-    # Rows go 4 at a time and outputs j 4 at a time (each X load feeds 4
-    # outputs); every element is still one fma chain over r ascending.
+    # Rows r go in passes of _RC. Columns i up to a multiple of L go in
+    # vectors along i (4 outputs j at a time), the rest in vectors along j;
+    # every element is one fma chain (bias: one sum) over r ascending.
+    L = _lanes(D)
+    tmp = np.empty((4, L), D.dtype)
     with_bias = dk0 == 0
     for j in range(j0, j1):
-        d = D[j, dk0:dk0 + nk]
         for i in range(nk):
-            d[i] = 0
+            D[j, dk0 + i] = 0
         if with_bias:
             db[j] = 0
-    r = 0
-    while r + 4 <= nrows:
-        q0 = rows[r]
-        q1 = rows[r + 1]
-        q2 = rows[r + 2]
-        q3 = rows[r + 3]
-        x0 = X[q0, xk0:xk0 + nk]
-        x1 = X[q1, xk0:xk0 + nk]
-        x2 = X[q2, xk0:xk0 + nk]
-        x3 = X[q3, xk0:xk0 + nk]
+    nv = nk - nk % L
+    for r_lo in range(0, nrows, _RC):
+        r_hi = min(r_lo + _RC, nrows)
         j = j0
         while j + 4 <= j1:
             c = acol + j - j0
-            p00 = A[q0, c + 0]
-            p01 = A[q0, c + 1]
-            p02 = A[q0, c + 2]
-            p03 = A[q0, c + 3]
-            p10 = A[q1, c + 0]
-            p11 = A[q1, c + 1]
-            p12 = A[q1, c + 2]
-            p13 = A[q1, c + 3]
-            p20 = A[q2, c + 0]
-            p21 = A[q2, c + 1]
-            p22 = A[q2, c + 2]
-            p23 = A[q2, c + 3]
-            p30 = A[q3, c + 0]
-            p31 = A[q3, c + 1]
-            p32 = A[q3, c + 2]
-            p33 = A[q3, c + 3]
-            d0 = D[j, dk0:dk0 + nk]
-            d1 = D[j + 1, dk0:dk0 + nk]
-            d2 = D[j + 2, dk0:dk0 + nk]
-            d3 = D[j + 3, dk0:dk0 + nk]
-            for i in range(nk):
-                u0 = x0[i]
-                u1 = x1[i]
-                u2 = x2[i]
-                u3 = x3[i]
-                d0[i] = _fma(p30, u3, _fma(p20, u2, _fma(
-                    p10, u1, _fma(p00, u0, d0[i]))))
-                d1[i] = _fma(p31, u3, _fma(p21, u2, _fma(
-                    p11, u1, _fma(p01, u0, d1[i]))))
-                d2[i] = _fma(p32, u3, _fma(p22, u2, _fma(
-                    p12, u1, _fma(p02, u0, d2[i]))))
-                d3[i] = _fma(p33, u3, _fma(p23, u2, _fma(
-                    p13, u1, _fma(p03, u0, d3[i]))))
-            if with_bias:
-                db[j] = (((db[j] + p00) + p10) + p20) + p30
-                db[j + 1] = (((db[j + 1] + p01) + p11) + p21) + p31
-                db[j + 2] = (((db[j + 2] + p02) + p12) + p22) + p32
-                db[j + 3] = (((db[j + 3] + p03) + p13) + p23) + p33
+            i = 0
+            while i + 2 * L <= nv:
+                _outer_panel(A, c, X, xk0 + i, rows, r_lo, r_hi, D, j,
+                             dk0 + i, True)
+                i += 2 * L
+            if i < nv:
+                _outer_panel(A, c, X, xk0 + i, rows, r_lo, r_hi, D, j,
+                             dk0 + i, False)
             j += 4
         while j < j1:
-            c = acol + j - j0
-            p0 = A[q0, c]
-            p1 = A[q1, c]
-            p2 = A[q2, c]
-            p3 = A[q3, c]
-            d = D[j, dk0:dk0 + nk]
-            for i in range(nk):
-                d[i] = _fma(p3, x3[i], _fma(p2, x2[i], _fma(
-                    p1, x1[i], _fma(p0, x0[i], d[i]))))
-            if with_bias:
-                db[j] = (((db[j] + p0) + p1) + p2) + p3
+            _outer_row(A, acol + j - j0, X, xk0, nv, rows, r_lo, r_hi, D, j,
+                       dk0)
             j += 1
-        r += 4
-    while r < nrows:
-        q0 = rows[r]
-        x0 = X[q0, xk0:xk0 + nk]
-        for j in range(j0, j1):
-            p0 = A[q0, acol + j - j0]
-            d = D[j, dk0:dk0 + nk]
-            for i in range(nk):
-                d[i] = _fma(p0, x0[i], d[i])
-            if with_bias:
-                db[j] = db[j] + p0
-        r += 1
+        j = j0
+        while j + L <= j1:
+            for i in range(nv, nk, 4):
+                _outer_panel_t(A, acol + j - j0, X, xk0 + i, min(4, nk - i),
+                               rows, r_lo, r_hi, D, j, dk0 + i, tmp)
+            j += L
+        for jr in range(j, j1):
+            c = acol + jr - j0
+            for i in range(nv, nk):
+                v = D[jr, dk0 + i]
+                for r in range(r_lo, r_hi):
+                    q = rows[r]
+                    v = _fma(A[q, c], X[q, xk0 + i], v)
+                D[jr, dk0 + i] = v
+        if with_bias:
+            _bias_acc(A, acol, j1 - j0, rows, r_lo, r_hi, db, j0, tmp)
 
 
 # ---------------------------------------------------------------------------
 # One step, elementwise part (one sample)
 # ---------------------------------------------------------------------------
 
-@njit(**_JIT)
+@njit(inline="always", **_JIT)
+def _copy(src, dst, n):
+    # src, dst (>= n,): dst[:n] = src[:n], no temporary
+    for j in range(n):
+        dst[j] = src[j]
+
+
+@njit(inline="always", **_JIT)
 def _step_after(gi, gh, h, h_new, g, H):
     # gi (3H,) input projection + b_ih    gh (3H,) W_hh h + b_hh
     # h (H,) previous state   h_new (H,) written   g (4H,) written [r, z, n, hn]
@@ -590,7 +756,7 @@ def _step_after(gi, gh, h, h_new, g, H):
         g[3 * H + j] = hn
 
 
-@njit(**_JIT)
+@njit(inline="always", **_JIT)
 def _step_before_rz(gi, gh, h, rh, g, H):
     # gi (3H,)   gh (>= 2H,) W_hr h + b_hr, W_hz h + b_hz   h (H,)
     # rh (H,) written r * h   g (4H,) written [r, z, ., .]
@@ -601,7 +767,7 @@ def _step_before_rz(gi, gh, h, rh, g, H):
         rh[j] = r * h[j]
 
 
-@njit(**_JIT)
+@njit(inline="always", **_JIT)
 def _step_before_n(gi, gh, h, h_new, g, H):
     # gi (3H,)   gh (3H,) with gh[2H:] = W_hn (r * h) + b_hn   h (H,)
     # h_new (H,) written   g (4H,) [r, z] read, [n, hn] written
@@ -615,7 +781,7 @@ def _step_before_n(gi, gh, h, h_new, g, H):
         g[3 * H + j] = hn
 
 
-@njit(**_JIT)
+@njit(inline="always", **_JIT)
 def _step_back_after(g, h, dh, d_out, dh_new, dgi, dghn, H):
     # g (4H,) [r, z, n, hn]   h (H,) previous state   dh (H,) from later steps
     # d_out (H,) gradient of this step's output
@@ -640,7 +806,7 @@ def _step_back_after(g, h, dh, d_out, dh_new, dgi, dghn, H):
         dh_new[j] = dhj * z
 
 
-@njit(**_JIT)
+@njit(inline="always", **_JIT)
 def _step_back_before_zn(g, h, dh, d_out, dh_new, dgi, H):
     # g (4H,) [r, z, n, hn]   h (H,)   dh (H,)   d_out (H,)
     # written: dh_new (H,) = dh' (finished by _step_back_before_r)
@@ -657,7 +823,7 @@ def _step_back_before_zn(g, h, dh, d_out, dh_new, dgi, H):
         dh_new[j] = dhj
 
 
-@njit(**_JIT)
+@njit(inline="always", **_JIT)
 def _step_back_before_r(g, h, d_rh, dh_new, dgi, hin, H):
     # g (4H,)   h (H,)   d_rh (H,) = W_hn^T da_n, gradient of r * h
     # dh_new (H,) in: dh', out: dh' * z + d_rh * r
@@ -706,7 +872,8 @@ def _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
         for t in range(lengths[b0 + s]):
             row_x[a] = (b0 + s) * T + t
             row_g[a] = s * T + t
-            gi[s * T + t, :] = b_ih
+            for j in range(G):
+                gi[s * T + t, j] = b_ih[j]
             a += 1
     _gemm_acc(x2, row_x, 0, w_ih_p, 0, I, G, gi, row_g, 0, n_rows)
     # zero what lies past each sample's length
@@ -731,7 +898,9 @@ def _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
                 active[na] = s
                 na += 1
         for a in range(na):
-            gh[active[a], :n_gh] = b_hh[:n_gh]
+            s = active[a]
+            for j in range(n_gh):
+                gh[s, j] = b_hh[j]
         _gemm_acc(h, active, 0, w_rz_p, 0, H, 2 * H, gh, active, 0, na)
         if reset_after:
             _gemm_acc(h, active, 0, w_n_p, 0, H, H, gh, active, 2 * H,
@@ -744,7 +913,8 @@ def _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
                 g = gates2[b * T + t] if keep_gates else scratch[s]
                 _step_before_rz(gi[s * T + t], gh[s], h[s], rh[s],
                                 g, H)
-                gh[s, 2 * H:] = b_hh[2 * H:]
+                for j in range(2 * H, G):
+                    gh[s, j] = b_hh[j]
             _gemm_acc(rh, active, 0, w_n_p, 0, H, H, gh, active, 2 * H,
                       na)
         for a in range(na):
@@ -757,7 +927,7 @@ def _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
                 _step_after(gi[s * T + t], gh[s], h[s], o, g, H)
             else:
                 _step_before_n(gi[s * T + t], gh[s], h[s], o, g, H)
-            h[s, :] = o
+            _copy(o, h[s], H)
     for s in range(nb):
         h_last[b0 + s, :] = h[s]
 
@@ -826,11 +996,11 @@ def _backward_kernel_task(ib, w_ih_p, w_hh_p, h0, lengths, T, reverse,
             b = b0 + s
             q = rows[a]
             if step == 0:
-                hp2[q, :] = h0[b]
+                _copy(h0[b], hp2[q], H)
             elif reverse:
-                hp2[q, :] = out2[q + 1]
+                _copy(out2[q + 1], hp2[q], H)
             else:
-                hp2[q, :] = out2[q - 1]
+                _copy(out2[q - 1], hp2[q], H)
         if reset_after:
             for a in range(na):
                 s = active[a]
@@ -847,7 +1017,8 @@ def _backward_kernel_task(ib, w_ih_p, w_hh_p, h0, lengths, T, reverse,
                 q = rows[a]
                 _step_back_before_zn(gates2[q], hp2[q], dh[s], d_out2[q],
                                      dh_new[s], dgi2[q], H)
-                d_rh[s, :] = 0
+                for j in range(H):
+                    d_rh[s, j] = 0
             _gemm_acc(dgi2, rows, 2 * H, w_hh_p, 2 * H, H, H, d_rh, active,
                       0, na)
             for a in range(na):
