@@ -32,6 +32,7 @@ How the kernels are organised:
   sigmoid(x) = (1 + tanh(x / 2)) / 2.
 """
 
+import operator
 import os
 import threading
 
@@ -142,7 +143,20 @@ _F64_ONE = np.float64(1.0)
 
 
 def _is_f32(x):
+    """Whether ``x`` is a float32 scalar or a vector of float32."""
+    if isinstance(x, _Vector):
+        x = x.dtype
     return isinstance(x, types.Float) and x.bitwidth == 32
+
+
+def _lanewise(scalar_function, count):
+    """A function applying ``scalar_function`` to each of ``count`` lanes."""
+    def apply(x):
+        out = x
+        for i in range(count):
+            out = _with_lane(out, i, scalar_function(_lane(x, i)))
+        return out
+    return apply
 
 
 @overload(_unit, jit_options=dict(error_model="numpy"))
@@ -175,6 +189,8 @@ def _tanh_f32(x):
 def _tanh_impl(x):
     if _is_f32(x):
         return lambda x: _tanh_f32(x)
+    if isinstance(x, _Vector):
+        return _lanewise(_tanh_f64, x.count)
     return lambda x: np.tanh(x)
 
 
@@ -182,7 +198,19 @@ def _tanh_impl(x):
 def _sigmoid_impl(x):
     if _is_f32(x):
         return lambda x: _F32_HALF + _F32_HALF * _tanh_f32(_F32_HALF * x)
-    return lambda x: _F64_ONE / (_F64_ONE + np.exp(-x))
+    if isinstance(x, _Vector):
+        return _lanewise(_sigmoid_f64, x.count)
+    return lambda x: _sigmoid_f64(x)
+
+
+@njit(inline="always", error_model="numpy")
+def _tanh_f64(x):
+    return np.tanh(x)
+
+
+@njit(inline="always", error_model="numpy")
+def _sigmoid_f64(x):
+    return _F64_ONE / (_F64_ONE + np.exp(-x))
 
 
 # ---------------------------------------------------------------------------
@@ -237,12 +265,13 @@ def _is_float_matrix(a):
             and isinstance(a.dtype, types.Float))
 
 
-def _vector_pointer(context, builder, aryty, ary, i, ity, j, jty, vecty):
-    # address of ary[i, j] as a pointer to a vector; the caller guarantees
-    # that the row is contiguous and holds the whole vector
+def _vector_pointer(context, builder, aryty, ary, indices, vecty):
+    # address of ary[indices] as a pointer to a vector; indices is a list of
+    # (value, Numba type) pairs, and the caller guarantees that the last axis
+    # is contiguous and holds the whole vector from there
     arr = context.make_array(aryty)(context, builder, ary)
-    inds = [context.cast(builder, i, ity, types.intp),
-            context.cast(builder, j, jty, types.intp)]
+    inds = [context.cast(builder, value, ty, types.intp)
+            for value, ty in indices]
     ptr = cgutils.get_item_pointer2(
         context, builder, data=arr.data,
         shape=cgutils.unpack_tuple(builder, arr.shape),
@@ -260,8 +289,8 @@ def _vload(typingctx, a, i, j):
     vecty = _vector_of(a.dtype)
 
     def codegen(context, builder, signature, args):
-        ptr = _vector_pointer(context, builder, a, args[0], args[1], i,
-                              args[2], j, vecty)
+        ptr = _vector_pointer(context, builder, a, args[0],
+                              [(args[1], i), (args[2], j)], vecty)
         return builder.load(ptr, align=a.dtype.bitwidth // 8)
     return vecty(a, i, j), codegen
 
@@ -274,8 +303,8 @@ def _vstore(typingctx, a, i, j, v):
         return None
 
     def codegen(context, builder, signature, args):
-        ptr = _vector_pointer(context, builder, a, args[0], args[1], i,
-                              args[2], j, v)
+        ptr = _vector_pointer(context, builder, a, args[0],
+                              [(args[1], i), (args[2], j)], v)
         builder.store(args[3], ptr, align=a.dtype.bitwidth // 8)
         return context.get_dummy_value()
     return types.none(a, i, j, v), codegen
@@ -289,28 +318,12 @@ def _vfma(typingctx, s, b, c):
 
     def codegen(context, builder, signature, args):
         vt = args[1].type
-        undef = ll_ir.Constant(vt, ll_ir.Undefined)
-        lane0 = ll_ir.Constant(ll_ir.IntType(32), 0)
-        splat = builder.shuffle_vector(
-            builder.insert_element(undef, args[0], lane0), undef,
-            ll_ir.Constant(ll_ir.VectorType(ll_ir.IntType(32), vt.count),
-                           [0] * vt.count))
+        splat = _splat(builder, args[0], vt)
         name = f"llvm.fma.v{vt.count}f{b.dtype.bitwidth}"
         fma = cgutils.get_or_insert_function(
             builder.module, ll_ir.FunctionType(vt, [vt, vt, vt]), name)
         return builder.call(fma, [splat, args[1], args[2]])
     return b(s, b, c), codegen
-
-
-@intrinsic
-def _vadd(typingctx, a, b):
-    """a + b lane by lane."""
-    if not (isinstance(a, _Vector) and a == b):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.fadd(args[0], args[1])
-    return a(a, b), codegen
 
 
 @intrinsic
@@ -323,6 +336,140 @@ def _lanes(typingctx, a):
     def codegen(context, builder, signature, args):
         return context.get_constant(types.intp, count)
     return types.intp(a), codegen
+
+
+def _is_float_vector(a):
+    return (isinstance(a, types.Array) and a.ndim == 1
+            and isinstance(a.dtype, types.Float))
+
+
+@intrinsic
+def _vload1(typingctx, a, j):
+    """The vector a[j:j + lanes] (a contiguous 1-D float array)."""
+    if not (_is_float_vector(a) and isinstance(j, types.Integer)):
+        return None
+    vecty = _vector_of(a.dtype)
+
+    def codegen(context, builder, signature, args):
+        ptr = _vector_pointer(context, builder, a, args[0],
+                              [(args[1], j)], vecty)
+        return builder.load(ptr, align=a.dtype.bitwidth // 8)
+    return vecty(a, j), codegen
+
+
+@intrinsic
+def _vstore1(typingctx, a, j, v):
+    """a[j:j + lanes] = v."""
+    if not (_is_float_vector(a) and isinstance(j, types.Integer)
+            and v == _vector_of(a.dtype)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = _vector_pointer(context, builder, a, args[0],
+                              [(args[1], j)], v)
+        builder.store(args[2], ptr, align=a.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+    return types.none(a, j, v), codegen
+
+
+@intrinsic
+def _lanes1(typingctx, a):
+    """Values per vector for the dtype of the 1-D array ``a`` (a constant)."""
+    if not _is_float_vector(a):
+        return None
+    count = _vector_of(a.dtype).count
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(types.intp, count)
+    return types.intp(a), codegen
+
+
+def _vector_operands(a, b):
+    """The vector type of ``a op b`` (a vector and a vector or its scalar)."""
+    vecty = a if isinstance(a, _Vector) else b
+    if not isinstance(vecty, _Vector):
+        return None
+    if all(t == vecty or t == vecty.dtype for t in (a, b)):
+        return vecty
+    return None
+
+
+def _splat(builder, value, vt):
+    undef = ll_ir.Constant(vt, ll_ir.Undefined)
+    lane0 = ll_ir.Constant(ll_ir.IntType(32), 0)
+    return builder.shuffle_vector(
+        builder.insert_element(undef, value, lane0), undef,
+        ll_ir.Constant(ll_ir.VectorType(ll_ir.IntType(32), vt.count),
+                       [0] * vt.count))
+
+
+def _vector_binary(emit):
+    """An intrinsic applying ``emit(builder, x, y)`` to two vectors, where a
+    scalar operand is first broadcast to every lane."""
+    @intrinsic
+    def binary(typingctx, a, b):
+        vecty = _vector_operands(a, b)
+        if vecty is None:
+            return None
+
+        def codegen(context, builder, signature, args):
+            vt = context.get_value_type(vecty)
+            x, y = (value if isinstance(ty, _Vector) else
+                    _splat(builder, value, vt)
+                    for value, ty in zip(args, signature.args))
+            return emit(builder, x, y)
+        return vecty(a, b), codegen
+    return binary
+
+
+_vadd = _vector_binary(lambda builder, x, y: builder.fadd(x, y))
+_vsub = _vector_binary(lambda builder, x, y: builder.fsub(x, y))
+_vmul = _vector_binary(lambda builder, x, y: builder.fmul(x, y))
+_vdiv = _vector_binary(lambda builder, x, y: builder.fdiv(x, y))
+# max(x, y) and min(x, y) as Numba computes them for scalars: y when
+# y > x (y < x), else x, so a NaN x is kept and a NaN y is not
+_vmax = _vector_binary(lambda builder, x, y: builder.select(
+    builder.fcmp_ordered(">", y, x), y, x))
+_vmin = _vector_binary(lambda builder, x, y: builder.select(
+    builder.fcmp_ordered("<", y, x), y, x))
+
+
+def _register_vector_operator(function, vector_op):
+    @overload(function, jit_options=dict(error_model="numpy"))
+    def impl(a, b):
+        if _vector_operands(a, b) is not None:
+            return lambda a, b: vector_op(a, b)
+        return None
+
+
+for _function, _vector_op in ((operator.add, _vadd), (operator.sub, _vsub),
+                              (operator.mul, _vmul),
+                              (operator.truediv, _vdiv), (max, _vmax),
+                              (min, _vmin)):
+    _register_vector_operator(_function, _vector_op)
+
+
+@intrinsic
+def _lane(typingctx, v, i):
+    """Lane ``i`` of the vector ``v``."""
+    if not (isinstance(v, _Vector) and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.extract_element(args[0], args[1])
+    return v.dtype(v, i), codegen
+
+
+@intrinsic
+def _with_lane(typingctx, v, i, s):
+    """``v`` with lane ``i`` replaced by the scalar ``s``."""
+    if not (isinstance(v, _Vector) and isinstance(i, types.Integer)
+            and s == v.dtype):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.insert_element(args[0], args[2], args[1])
+    return v(v, i, s), codegen
 
 
 # ---------------------------------------------------------------------------
@@ -731,6 +878,11 @@ def _outer_acc(A, acol, X, xk0, nk, rows, nrows, D, j0, j1, dk0, db):
 # ---------------------------------------------------------------------------
 # One step, elementwise part (one sample)
 # ---------------------------------------------------------------------------
+#
+# Each function runs over j in vectors of L = _lanes1(h) values, then one
+# value at a time for the H % L left; both evaluate the same expressions
+# (shared value functions, no fused multiply-add), so a value does not
+# depend on which of the two loops computed it.
 
 @njit(inline="always", **_JIT)
 def _copy(src, dst, n):
@@ -740,16 +892,38 @@ def _copy(src, dst, n):
 
 
 @njit(inline="always", **_JIT)
+def _after_values(a_r, a_z, a_i, hn, h, one):
+    # reset_after step from the pre-activations: returns (h_new, r, z, n)
+    r = _sigmoid(a_r)
+    z = _sigmoid(a_z)
+    n = _tanh(a_i + r * hn)
+    return (one - z) * n + z * h, r, z, n
+
+
+@njit(inline="always", **_JIT)
 def _step_after(gi, gh, h, h_new, g, H):
     # gi (3H,) input projection + b_ih    gh (3H,) W_hh h + b_hh
     # h (H,) previous state   h_new (H,) written   g (4H,) written [r, z, n, hn]
     one = _unit(h[0])
-    for j in range(H):
-        r = _sigmoid(gi[j] + gh[j])
-        z = _sigmoid(gi[H + j] + gh[H + j])
+    L = _lanes1(h)
+    j = 0
+    while j + L <= H:
+        hn = _vload1(gh, 2 * H + j)
+        v, r, z, n = _after_values(
+            _vload1(gi, j) + _vload1(gh, j),
+            _vload1(gi, H + j) + _vload1(gh, H + j),
+            _vload1(gi, 2 * H + j), hn, _vload1(h, j), one)
+        _vstore1(h_new, j, v)
+        _vstore1(g, j, r)
+        _vstore1(g, H + j, z)
+        _vstore1(g, 2 * H + j, n)
+        _vstore1(g, 3 * H + j, hn)
+        j += L
+    for j in range(j, H):
         hn = gh[2 * H + j]
-        n = _tanh(gi[2 * H + j] + r * hn)
-        h_new[j] = (one - z) * n + z * h[j]
+        v, r, z, n = _after_values(gi[j] + gh[j], gi[H + j] + gh[H + j],
+                                   gi[2 * H + j], hn, h[j], one)
+        h_new[j] = v
         g[j] = r
         g[H + j] = z
         g[2 * H + j] = n
@@ -760,7 +934,15 @@ def _step_after(gi, gh, h, h_new, g, H):
 def _step_before_rz(gi, gh, h, rh, g, H):
     # gi (3H,)   gh (>= 2H,) W_hr h + b_hr, W_hz h + b_hz   h (H,)
     # rh (H,) written r * h   g (4H,) written [r, z, ., .]
-    for j in range(H):
+    L = _lanes1(h)
+    j = 0
+    while j + L <= H:
+        r = _sigmoid(_vload1(gi, j) + _vload1(gh, j))
+        _vstore1(g, j, r)
+        _vstore1(g, H + j, _sigmoid(_vload1(gi, H + j) + _vload1(gh, H + j)))
+        _vstore1(rh, j, r * _vload1(h, j))
+        j += L
+    for j in range(j, H):
         r = _sigmoid(gi[j] + gh[j])
         g[j] = r
         g[H + j] = _sigmoid(gi[H + j] + gh[H + j])
@@ -768,17 +950,44 @@ def _step_before_rz(gi, gh, h, rh, g, H):
 
 
 @njit(inline="always", **_JIT)
+def _before_n_values(z, a_n, h, one):
+    # reset-before step, candidate and new state: returns (h_new, n)
+    n = _tanh(a_n)
+    return (one - z) * n + z * h, n
+
+
+@njit(inline="always", **_JIT)
 def _step_before_n(gi, gh, h, h_new, g, H):
     # gi (3H,)   gh (3H,) with gh[2H:] = W_hn (r * h) + b_hn   h (H,)
     # h_new (H,) written   g (4H,) [r, z] read, [n, hn] written
     one = _unit(h[0])
-    for j in range(H):
-        z = g[H + j]
+    L = _lanes1(h)
+    j = 0
+    while j + L <= H:
+        hn = _vload1(gh, 2 * H + j)
+        v, n = _before_n_values(_vload1(g, H + j), _vload1(gi, 2 * H + j) + hn,
+                                _vload1(h, j), one)
+        _vstore1(h_new, j, v)
+        _vstore1(g, 2 * H + j, n)
+        _vstore1(g, 3 * H + j, hn)
+        j += L
+    for j in range(j, H):
         hn = gh[2 * H + j]
-        n = _tanh(gi[2 * H + j] + hn)
-        h_new[j] = (one - z) * n + z * h[j]
+        v, n = _before_n_values(g[H + j], gi[2 * H + j] + hn, h[j], one)
+        h_new[j] = v
         g[2 * H + j] = n
         g[3 * H + j] = hn
+
+
+@njit(inline="always", **_JIT)
+def _back_after_values(r, z, n, hn, h, dhj, one):
+    # reset_after step backward: returns (da_r, da_z, da_n, dgh_n, dh' * z)
+    dn = dhj * (one - z)
+    dz = dhj * (h - n)
+    da_n = dn * (one - n * n)
+    da_z = dz * z * (one - z)
+    da_r = da_n * hn * r * (one - r)
+    return da_r, da_z, da_n, da_n * r, dhj * z
 
 
 @njit(inline="always", **_JIT)
@@ -788,22 +997,36 @@ def _step_back_after(g, h, dh, d_out, dh_new, dgi, dghn, H):
     # written: dh_new (H,) = dh' * z (the W_hh^T term is added by the caller)
     #          dgi (3H,) = [da_r, da_z, da_n]   dghn (H,) = da_n * r
     one = _unit(h[0])
-    for j in range(H):
-        r = g[j]
-        z = g[H + j]
-        n = g[2 * H + j]
-        hn = g[3 * H + j]
-        dhj = dh[j] + d_out[j]
-        dn = dhj * (one - z)
-        dz = dhj * (h[j] - n)
-        da_n = dn * (one - n * n)
-        da_z = dz * z * (one - z)
-        da_r = da_n * hn * r * (one - r)
-        dgi[j] = da_r
-        dgi[H + j] = da_z
-        dgi[2 * H + j] = da_n
-        dghn[j] = da_n * r
-        dh_new[j] = dhj * z
+    L = _lanes1(h)
+    j = 0
+    while j + L <= H:
+        a_r, a_z, a_n, a_hn, d = _back_after_values(
+            _vload1(g, j), _vload1(g, H + j), _vload1(g, 2 * H + j),
+            _vload1(g, 3 * H + j), _vload1(h, j),
+            _vload1(dh, j) + _vload1(d_out, j), one)
+        _vstore1(dgi, j, a_r)
+        _vstore1(dgi, H + j, a_z)
+        _vstore1(dgi, 2 * H + j, a_n)
+        _vstore1(dghn, j, a_hn)
+        _vstore1(dh_new, j, d)
+        j += L
+    for j in range(j, H):
+        a_r, a_z, a_n, a_hn, d = _back_after_values(
+            g[j], g[H + j], g[2 * H + j], g[3 * H + j], h[j],
+            dh[j] + d_out[j], one)
+        dgi[j] = a_r
+        dgi[H + j] = a_z
+        dgi[2 * H + j] = a_n
+        dghn[j] = a_hn
+        dh_new[j] = d
+
+
+@njit(inline="always", **_JIT)
+def _back_zn_values(z, n, h, dhj, one):
+    # reset-before step backward, z and n parts: returns (da_z, da_n)
+    dn = dhj * (one - z)
+    dz = dhj * (h - n)
+    return dz * z * (one - z), dn * (one - n * n)
 
 
 @njit(inline="always", **_JIT)
@@ -812,15 +1035,28 @@ def _step_back_before_zn(g, h, dh, d_out, dh_new, dgi, H):
     # written: dh_new (H,) = dh' (finished by _step_back_before_r)
     #          dgi[H:3H] = [da_z, da_n]
     one = _unit(h[0])
-    for j in range(H):
-        z = g[H + j]
-        n = g[2 * H + j]
+    L = _lanes1(h)
+    j = 0
+    while j + L <= H:
+        dhj = _vload1(dh, j) + _vload1(d_out, j)
+        a_z, a_n = _back_zn_values(_vload1(g, H + j), _vload1(g, 2 * H + j),
+                                   _vload1(h, j), dhj, one)
+        _vstore1(dgi, H + j, a_z)
+        _vstore1(dgi, 2 * H + j, a_n)
+        _vstore1(dh_new, j, dhj)
+        j += L
+    for j in range(j, H):
         dhj = dh[j] + d_out[j]
-        dn = dhj * (one - z)
-        dz = dhj * (h[j] - n)
-        dgi[H + j] = dz * z * (one - z)
-        dgi[2 * H + j] = dn * (one - n * n)
+        a_z, a_n = _back_zn_values(g[H + j], g[2 * H + j], h[j], dhj, one)
+        dgi[H + j] = a_z
+        dgi[2 * H + j] = a_n
         dh_new[j] = dhj
+
+
+@njit(inline="always", **_JIT)
+def _back_r_values(r, z, h, d_rh, dh, one):
+    # reset-before step backward, r part: returns (da_r, dh' * z + d_rh * r, r * h)
+    return d_rh * h * r * (one - r), dh * z + d_rh * r, r * h
 
 
 @njit(inline="always", **_JIT)
@@ -829,12 +1065,22 @@ def _step_back_before_r(g, h, d_rh, dh_new, dgi, hin, H):
     # dh_new (H,) in: dh', out: dh' * z + d_rh * r
     # written: dgi[:H] = da_r   hin (H,) = r * h
     one = _unit(h[0])
-    for j in range(H):
-        r = g[j]
-        z = g[H + j]
-        dgi[j] = d_rh[j] * h[j] * r * (one - r)
-        dh_new[j] = dh_new[j] * z + d_rh[j] * r
-        hin[j] = r * h[j]
+    L = _lanes1(h)
+    j = 0
+    while j + L <= H:
+        a_r, d, rh = _back_r_values(_vload1(g, j), _vload1(g, H + j),
+                                    _vload1(h, j), _vload1(d_rh, j),
+                                    _vload1(dh_new, j), one)
+        _vstore1(dgi, j, a_r)
+        _vstore1(dh_new, j, d)
+        _vstore1(hin, j, rh)
+        j += L
+    for j in range(j, H):
+        a_r, d, rh = _back_r_values(g[j], g[H + j], h[j], d_rh[j], dh_new[j],
+                                    one)
+        dgi[j] = a_r
+        dh_new[j] = d
+        hin[j] = rh
 
 
 # ---------------------------------------------------------------------------
