@@ -584,37 +584,20 @@ def _panel1(A, ia, ka, W, kw, kn, wn, C, ic, cn, na):
 
 @njit(**_JIT)
 def _columns(A, ia, ka, W, kw, kn, wn, m, C, ic, cn, na):
-    # as _panel1, one column at a time, for the m (< L) columns left:
+    # as _panel1, for the m (< L) columns left: W holds at least wn+L
+    # columns (packed tiles are padded to whole vectors), C only cn+m, so
+    # the rows of C go through a padded copy
     # C[ic[a], cn+j] += sum_k A[ia[a], ka+k] * W[kw+k, wn+j], j < m
-    for j in range(m):
-        a = 0
-        while a + 4 <= na:
-            r0 = ia[a]
-            r1 = ia[a + 1]
-            r2 = ia[a + 2]
-            r3 = ia[a + 3]
-            v0 = C[ic[a], cn + j]
-            v1 = C[ic[a + 1], cn + j]
-            v2 = C[ic[a + 2], cn + j]
-            v3 = C[ic[a + 3], cn + j]
-            for k in range(kn):
-                w = W[kw + k, wn + j]
-                v0 = _fma(A[r0, ka + k], w, v0)
-                v1 = _fma(A[r1, ka + k], w, v1)
-                v2 = _fma(A[r2, ka + k], w, v2)
-                v3 = _fma(A[r3, ka + k], w, v3)
-            C[ic[a], cn + j] = v0
-            C[ic[a + 1], cn + j] = v1
-            C[ic[a + 2], cn + j] = v2
-            C[ic[a + 3], cn + j] = v3
-            a += 4
-        while a < na:
-            r0 = ia[a]
-            v0 = C[ic[a], cn + j]
-            for k in range(kn):
-                v0 = _fma(A[r0, ka + k], W[kw + k, wn + j], v0)
-            C[ic[a], cn + j] = v0
-            a += 1
+    L = _lanes(C)
+    padded = np.zeros((na, L), C.dtype)
+    rows = np.arange(na)
+    for a in range(na):
+        for j in range(m):
+            padded[a, j] = C[ic[a], cn + j]
+    _panel1(A, ia, ka, W, kw, kn, wn, padded, rows, 0, na)
+    for a in range(na):
+        for j in range(m):
+            C[ic[a], cn + j] = padded[a, j]
 
 
 @njit(**_JIT)
@@ -648,11 +631,12 @@ def _pack(w):
     """Columns of ``w`` (K, N) in contiguous tiles: (ceil(N/width), K, width).
 
     Tile ``t`` holds columns ``t*width .. t*width+width-1`` (zero padded), so
-    a pass over one tile reads memory in order. The width (a multiple of 8,
-    at most _MAX_TILE) changes speed, never results.
+    a pass over one tile reads memory in order. The width (a multiple of the
+    vector width, at most _MAX_TILE) changes speed, never results.
     """
     K, N = w.shape
-    width = min(_MAX_TILE, -(-N // 8) * 8)
+    lanes = _VECTOR_BYTES // w.dtype.itemsize
+    width = min(_MAX_TILE, -(-N // lanes) * lanes)
     return _pack_kernel(w, width)
 
 
@@ -673,7 +657,8 @@ def _pack_kernel(w, width):
     return packed
 
 
-_MAX_TILE = 256   # measured: 256-wide tiles beat 64 and 128 at every size
+_MAX_TILE = 256   # a multiple of every vector width; measured: 256-wide
+                  # tiles beat 64 and 128 at every size
 
 
 @njit(**_JIT)
