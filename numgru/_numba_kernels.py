@@ -712,6 +712,73 @@ def _outer_panel(A, c, X, xk, rows, r_lo, r_hi, D, j, dk, two):
 
 
 @njit(**_JIT)
+def _outer_panel8(A, c, X, xk, rows, r_lo, r_hi, D, j, dk):
+    # as _outer_panel with two vectors, for 8 outputs j .. j+7:
+    # D[j+jj, dk:dk+2L] += sum_r A[rows[r], c+jj] * X[rows[r], xk:xk+2L]
+    L = _lanes(D)
+    x00 = _vload(D, j, dk)
+    x01 = _vload(D, j, dk + L)
+    x10 = _vload(D, j + 1, dk)
+    x11 = _vload(D, j + 1, dk + L)
+    x20 = _vload(D, j + 2, dk)
+    x21 = _vload(D, j + 2, dk + L)
+    x30 = _vload(D, j + 3, dk)
+    x31 = _vload(D, j + 3, dk + L)
+    x40 = _vload(D, j + 4, dk)
+    x41 = _vload(D, j + 4, dk + L)
+    x50 = _vload(D, j + 5, dk)
+    x51 = _vload(D, j + 5, dk + L)
+    x60 = _vload(D, j + 6, dk)
+    x61 = _vload(D, j + 6, dk + L)
+    x70 = _vload(D, j + 7, dk)
+    x71 = _vload(D, j + 7, dk + L)
+    for r in range(r_lo, r_hi):
+        q = rows[r]
+        u0 = _vload(X, q, xk)
+        u1 = _vload(X, q, xk + L)
+        s = A[q, c]
+        x00 = _vfma(s, u0, x00)
+        x01 = _vfma(s, u1, x01)
+        s = A[q, c + 1]
+        x10 = _vfma(s, u0, x10)
+        x11 = _vfma(s, u1, x11)
+        s = A[q, c + 2]
+        x20 = _vfma(s, u0, x20)
+        x21 = _vfma(s, u1, x21)
+        s = A[q, c + 3]
+        x30 = _vfma(s, u0, x30)
+        x31 = _vfma(s, u1, x31)
+        s = A[q, c + 4]
+        x40 = _vfma(s, u0, x40)
+        x41 = _vfma(s, u1, x41)
+        s = A[q, c + 5]
+        x50 = _vfma(s, u0, x50)
+        x51 = _vfma(s, u1, x51)
+        s = A[q, c + 6]
+        x60 = _vfma(s, u0, x60)
+        x61 = _vfma(s, u1, x61)
+        s = A[q, c + 7]
+        x70 = _vfma(s, u0, x70)
+        x71 = _vfma(s, u1, x71)
+    _vstore(D, j, dk, x00)
+    _vstore(D, j, dk + L, x01)
+    _vstore(D, j + 1, dk, x10)
+    _vstore(D, j + 1, dk + L, x11)
+    _vstore(D, j + 2, dk, x20)
+    _vstore(D, j + 2, dk + L, x21)
+    _vstore(D, j + 3, dk, x30)
+    _vstore(D, j + 3, dk + L, x31)
+    _vstore(D, j + 4, dk, x40)
+    _vstore(D, j + 4, dk + L, x41)
+    _vstore(D, j + 5, dk, x50)
+    _vstore(D, j + 5, dk + L, x51)
+    _vstore(D, j + 6, dk, x60)
+    _vstore(D, j + 6, dk + L, x61)
+    _vstore(D, j + 7, dk, x70)
+    _vstore(D, j + 7, dk + L, x71)
+
+
+@njit(**_JIT)
 def _outer_row(A, c, X, xk0, nv, rows, r_lo, r_hi, D, j, dk0):
     # one output row, nv a multiple of L = _lanes(D):
     # D[j, dk0+i] += sum_r A[rows[r], c] * X[rows[r], xk0+i] for i < nv,
@@ -813,7 +880,8 @@ def _outer_acc(A, acol, X, xk0, nk, rows, nrows, D, j0, j1, dk0, db):
     # D[j, dk0+i] = sum_r A[rows[r], acol+j-j0] * X[rows[r], xk0+i]  (r ascending)
     # and, when dk0 == 0, db[j] = sum_r A[rows[r], acol+j-j0], for j0 <= j < j1
     # Rows r go in passes of _RC. Columns i up to a multiple of L go in
-    # vectors along i (4 outputs j at a time), the rest in vectors along j;
+    # vectors along i (8 or 4 outputs j at a time), the rest in vectors
+    # along j;
     # every element is one fma chain (bias: one sum) over r ascending.
     L = _lanes(D)
     tmp = np.empty((4, L), D.dtype)
@@ -827,6 +895,18 @@ def _outer_acc(A, acol, X, xk0, nk, rows, nrows, D, j0, j1, dk0, db):
     for r_lo in range(0, nrows, _RC):
         r_hi = min(r_lo + _RC, nrows)
         j = j0
+        while j + 8 <= j1:
+            c = acol + j - j0
+            i = 0
+            while i + 2 * L <= nv:
+                _outer_panel8(A, c, X, xk0 + i, rows, r_lo, r_hi, D, j,
+                              dk0 + i)
+                i += 2 * L
+            if i < nv:
+                for jj in range(0, 8, 4):
+                    _outer_panel(A, c + jj, X, xk0 + i, rows, r_lo, r_hi, D,
+                                 j + jj, dk0 + i, False)
+            j += 8
         while j + 4 <= j1:
             c = acol + j - j0
             i = 0
@@ -1348,7 +1428,8 @@ def _weight_grad_setup(x2, dgi2, dghn2, hp2, hin2, lengths, T, reset_after,
                 tasks[n_task, 3] = k
                 tasks[n_task, 4] = min(k + _TASK_COLS, nk)
                 n_task += 1
-    return rows, n_rows, tasks
+    size = (tasks[:, 2] - tasks[:, 1]) * (tasks[:, 4] - tasks[:, 3])
+    return rows, n_rows, tasks[np.argsort(-size, kind="mergesort")]
 
 
 @njit(**_JIT)
@@ -1379,6 +1460,8 @@ def _weight_grad_kernel(x2, dgi2, dghn2, hp2, hin2, lengths, T, reset_after,
     rows, n_rows, tasks = _weight_grad_setup(x2, dgi2, dghn2, hp2, hin2,
                                              lengths, T, reset_after, d_w_ih,
                                              d_w_hh, d_b_ih, d_b_hh)
+    # tasks differ in size: the caller hands them out one at a time
+    # (parallel chunk size 1), largest first
     for it in prange(tasks.shape[0]):
         _weight_grad_task(it, tasks, rows, n_rows, x2, dgi2, dghn2, hp2, hin2,
                           reset_after, d_w_ih, d_w_hh, d_b_ih, d_b_hh)
@@ -1669,9 +1752,13 @@ def layer_backward(x, w_ih, w_hh, h0, lengths, reverse, reset_after, out,
                          gates.reshape(B * T, 4 * H), d_out.reshape(B * T, H),
                          d_h_last, d_x.reshape(B * T, I), d_h0, dgi2, dghn2,
                          hp2, hin2, _block_size(B, H, run.n))
-        _weight_grad_kernel(x.reshape(B * T, I), dgi2, dghn2, hp2, hin2,
-                            lengths, T, bool(reset_after), d_w_ih, d_w_hh,
-                            d_b_ih, d_b_hh)
+        chunk = numba.set_parallel_chunksize(1)
+        try:
+            _weight_grad_kernel(x.reshape(B * T, I), dgi2, dghn2, hp2, hin2,
+                                lengths, T, bool(reset_after), d_w_ih, d_w_hh,
+                                d_b_ih, d_b_hh)
+        finally:
+            numba.set_parallel_chunksize(chunk)
 
 
 _SERIAL_BATCH = 4   # batches up to this size run without parallel overhead
