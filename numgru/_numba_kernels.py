@@ -662,10 +662,10 @@ _MAX_TILE = 256   # a multiple of every vector width; measured: 256-wide
 
 
 @njit(**_JIT)
-def _outer_panel(A, c, X, xk, rows, r_lo, r_hi, D, j, dk, two):
+def _outer_panel(A, c, X, xk, ra, rx, r_lo, r_hi, D, j, dk, two):
     # A (R, >= c+4)   X (R, >= xk+vw)   D (>= j+4, >= dk+vw)
-    # rows (>= r_hi,) row indices; vw = 2L if two else L, L = _lanes(D)
-    # D[j+jj, dk:dk+vw] += sum_r A[rows[r], c+jj] * X[rows[r], xk:xk+vw]
+    # ra, rx (>= r_hi,) row indices into A and X; vw = 2L if two else L, L = _lanes(D)
+    # D[j+jj, dk:dk+vw] += sum_r A[ra[r], c+jj] * X[rx[r], xk:xk+vw]
     # for jj < 4, r ascending from r_lo to r_hi
     L = _lanes(D)
     x00 = _vload(D, j, dk)
@@ -678,19 +678,20 @@ def _outer_panel(A, c, X, xk, rows, r_lo, r_hi, D, j, dk, two):
         x21 = _vload(D, j + 2, dk + L)
         x31 = _vload(D, j + 3, dk + L)
         for r in range(r_lo, r_hi):
-            q = rows[r]
-            u0 = _vload(X, q, xk)
-            u1 = _vload(X, q, xk + L)
-            s = A[q, c]
+            qa = ra[r]
+            qx = rx[r]
+            u0 = _vload(X, qx, xk)
+            u1 = _vload(X, qx, xk + L)
+            s = A[qa, c]
             x00 = _vfma(s, u0, x00)
             x01 = _vfma(s, u1, x01)
-            s = A[q, c + 1]
+            s = A[qa, c + 1]
             x10 = _vfma(s, u0, x10)
             x11 = _vfma(s, u1, x11)
-            s = A[q, c + 2]
+            s = A[qa, c + 2]
             x20 = _vfma(s, u0, x20)
             x21 = _vfma(s, u1, x21)
-            s = A[q, c + 3]
+            s = A[qa, c + 3]
             x30 = _vfma(s, u0, x30)
             x31 = _vfma(s, u1, x31)
         _vstore(D, j, dk + L, x01)
@@ -699,12 +700,13 @@ def _outer_panel(A, c, X, xk, rows, r_lo, r_hi, D, j, dk, two):
         _vstore(D, j + 3, dk + L, x31)
     else:
         for r in range(r_lo, r_hi):
-            q = rows[r]
-            u0 = _vload(X, q, xk)
-            x00 = _vfma(A[q, c], u0, x00)
-            x10 = _vfma(A[q, c + 1], u0, x10)
-            x20 = _vfma(A[q, c + 2], u0, x20)
-            x30 = _vfma(A[q, c + 3], u0, x30)
+            qa = ra[r]
+            qx = rx[r]
+            u0 = _vload(X, qx, xk)
+            x00 = _vfma(A[qa, c], u0, x00)
+            x10 = _vfma(A[qa, c + 1], u0, x10)
+            x20 = _vfma(A[qa, c + 2], u0, x20)
+            x30 = _vfma(A[qa, c + 3], u0, x30)
     _vstore(D, j, dk, x00)
     _vstore(D, j + 1, dk, x10)
     _vstore(D, j + 2, dk, x20)
@@ -712,9 +714,9 @@ def _outer_panel(A, c, X, xk, rows, r_lo, r_hi, D, j, dk, two):
 
 
 @njit(**_JIT)
-def _outer_panel8(A, c, X, xk, rows, r_lo, r_hi, D, j, dk):
+def _outer_panel8(A, c, X, xk, ra, rx, r_lo, r_hi, D, j, dk):
     # as _outer_panel with two vectors, for 8 outputs j .. j+7:
-    # D[j+jj, dk:dk+2L] += sum_r A[rows[r], c+jj] * X[rows[r], xk:xk+2L]
+    # D[j+jj, dk:dk+2L] += sum_r A[ra[r], c+jj] * X[rx[r], xk:xk+2L]
     L = _lanes(D)
     x00 = _vload(D, j, dk)
     x01 = _vload(D, j, dk + L)
@@ -733,31 +735,32 @@ def _outer_panel8(A, c, X, xk, rows, r_lo, r_hi, D, j, dk):
     x70 = _vload(D, j + 7, dk)
     x71 = _vload(D, j + 7, dk + L)
     for r in range(r_lo, r_hi):
-        q = rows[r]
-        u0 = _vload(X, q, xk)
-        u1 = _vload(X, q, xk + L)
-        s = A[q, c]
+        qa = ra[r]
+        qx = rx[r]
+        u0 = _vload(X, qx, xk)
+        u1 = _vload(X, qx, xk + L)
+        s = A[qa, c]
         x00 = _vfma(s, u0, x00)
         x01 = _vfma(s, u1, x01)
-        s = A[q, c + 1]
+        s = A[qa, c + 1]
         x10 = _vfma(s, u0, x10)
         x11 = _vfma(s, u1, x11)
-        s = A[q, c + 2]
+        s = A[qa, c + 2]
         x20 = _vfma(s, u0, x20)
         x21 = _vfma(s, u1, x21)
-        s = A[q, c + 3]
+        s = A[qa, c + 3]
         x30 = _vfma(s, u0, x30)
         x31 = _vfma(s, u1, x31)
-        s = A[q, c + 4]
+        s = A[qa, c + 4]
         x40 = _vfma(s, u0, x40)
         x41 = _vfma(s, u1, x41)
-        s = A[q, c + 5]
+        s = A[qa, c + 5]
         x50 = _vfma(s, u0, x50)
         x51 = _vfma(s, u1, x51)
-        s = A[q, c + 6]
+        s = A[qa, c + 6]
         x60 = _vfma(s, u0, x60)
         x61 = _vfma(s, u1, x61)
-        s = A[q, c + 7]
+        s = A[qa, c + 7]
         x70 = _vfma(s, u0, x70)
         x71 = _vfma(s, u1, x71)
     _vstore(D, j, dk, x00)
@@ -779,24 +782,25 @@ def _outer_panel8(A, c, X, xk, rows, r_lo, r_hi, D, j, dk):
 
 
 @njit(**_JIT)
-def _outer_row(A, c, X, xk0, nv, rows, r_lo, r_hi, D, j, dk0):
+def _outer_row(A, c, X, xk0, nv, ra, rx, r_lo, r_hi, D, j, dk0):
     # one output row, nv a multiple of L = _lanes(D):
-    # D[j, dk0+i] += sum_r A[rows[r], c] * X[rows[r], xk0+i] for i < nv,
+    # D[j, dk0+i] += sum_r A[ra[r], c] * X[rx[r], xk0+i] for i < nv,
     # r ascending from r_lo to r_hi
     L = _lanes(D)
     for i in range(0, nv, L):
         v = _vload(D, j, dk0 + i)
         for r in range(r_lo, r_hi):
-            q = rows[r]
-            v = _vfma(A[q, c], _vload(X, q, xk0 + i), v)
+            qa = ra[r]
+            qx = rx[r]
+            v = _vfma(A[qa, c], _vload(X, qx, xk0 + i), v)
         _vstore(D, j, dk0 + i, v)
 
 
 @njit(**_JIT)
-def _outer_panel_t(A, c, X, xk, ni, rows, r_lo, r_hi, D, j, dk, tmp):
+def _outer_panel_t(A, c, X, xk, ni, ra, rx, r_lo, r_hi, D, j, dk, tmp):
     # A (R, >= c+L)   X (R, >= xk+ni)   D (>= j+L, >= dk+ni)   1 <= ni <= 4
     # tmp (4, L) scratch;  L = _lanes(D)
-    # D[j+l, dk+i] += sum_r A[rows[r], c+l] * X[rows[r], xk+i]  (l < L, i < ni)
+    # D[j+l, dk+i] += sum_r A[ra[r], c+l] * X[rx[r], xk+i]  (l < L, i < ni)
     # Vectors run along j here (a row of A), for inputs too narrow for
     # vectors along i; each element is the same fma chain as in _outer_panel.
     L = _lanes(D)
@@ -812,12 +816,13 @@ def _outer_panel_t(A, c, X, xk, ni, rows, r_lo, r_hi, D, j, dk, tmp):
     v2 = _vload(tmp, 2, 0)
     v3 = _vload(tmp, 3, 0)
     for r in range(r_lo, r_hi):
-        q = rows[r]
-        a = _vload(A, q, c)
-        v0 = _vfma(X[q, xk], a, v0)
-        v1 = _vfma(X[q, x1], a, v1)
-        v2 = _vfma(X[q, x2], a, v2)
-        v3 = _vfma(X[q, x3], a, v3)
+        qa = ra[r]
+        qx = rx[r]
+        a = _vload(A, qa, c)
+        v0 = _vfma(X[qx, xk], a, v0)
+        v1 = _vfma(X[qx, x1], a, v1)
+        v2 = _vfma(X[qx, x2], a, v2)
+        v3 = _vfma(X[qx, x3], a, v3)
     _vstore(tmp, 0, 0, v0)
     _vstore(tmp, 1, 0, v1)
     _vstore(tmp, 2, 0, v2)
@@ -828,9 +833,9 @@ def _outer_panel_t(A, c, X, xk, ni, rows, r_lo, r_hi, D, j, dk, tmp):
 
 
 @njit(**_JIT)
-def _bias_acc(A, c, nj, rows, r_lo, r_hi, db, j0, tmp):
+def _bias_acc(A, c, nj, ra, r_lo, r_hi, db, j0, tmp):
     # A (R, >= c+nj)   db (>= j0+nj,)   tmp (4, L) scratch;  L = _lanes(tmp)
-    # db[j0+l] += sum_r A[rows[r], c+l], r ascending from r_lo to r_hi;
+    # db[j0+l] += sum_r A[ra[r], c+l], r ascending from r_lo to r_hi;
     # 4 vectors of l at a time (independent chains), then one, then scalars
     L = _lanes(tmp)
     l0 = 0
@@ -843,7 +848,7 @@ def _bias_acc(A, c, nj, rows, r_lo, r_hi, db, j0, tmp):
         v2 = _vload(tmp, 2, 0)
         v3 = _vload(tmp, 3, 0)
         for r in range(r_lo, r_hi):
-            q = rows[r]
+            q = ra[r]
             v0 = _vadd(v0, _vload(A, q, c + l0))
             v1 = _vadd(v1, _vload(A, q, c + l0 + L))
             v2 = _vadd(v2, _vload(A, q, c + l0 + 2 * L))
@@ -861,7 +866,7 @@ def _bias_acc(A, c, nj, rows, r_lo, r_hi, db, j0, tmp):
             tmp[0, lane] = db[j0 + l0 + lane]
         v0 = _vload(tmp, 0, 0)
         for r in range(r_lo, r_hi):
-            v0 = _vadd(v0, _vload(A, rows[r], c + l0))
+            v0 = _vadd(v0, _vload(A, ra[r], c + l0))
         _vstore(tmp, 0, 0, v0)
         for lane in range(L):
             db[j0 + l0 + lane] = tmp[0, lane]
@@ -869,28 +874,23 @@ def _bias_acc(A, c, nj, rows, r_lo, r_hi, db, j0, tmp):
     for lane in range(l0, nj):
         v = db[j0 + lane]
         for r in range(r_lo, r_hi):
-            v = v + A[rows[r], c + lane]
+            v = v + A[ra[r], c + lane]
         db[j0 + lane] = v
 
 
 @njit(**_JIT)
-def _outer_acc(A, acol, X, xk0, nk, rows, nrows, D, j0, j1, dk0, db):
-    # A (R, *)   X (R, >= xk0+nk)   rows (>= nrows,) row indices, fixed order
-    # D (*, >= dk0+nk)   db (*,)
-    # D[j, dk0+i] = sum_r A[rows[r], acol+j-j0] * X[rows[r], xk0+i]  (r ascending)
-    # and, when dk0 == 0, db[j] = sum_r A[rows[r], acol+j-j0], for j0 <= j < j1
+def _outer_acc(A, acol, X, xk0, nk, ra, rx, nrows, D, j0, j1, dk0, db):
+    # A (*, *)   X (*, >= xk0+nk)   ra, rx (>= nrows,) row indices into A
+    # and X, in summation order   D (*, >= dk0+nk)   db (*,)
+    # D[j, dk0+i] += sum_r A[ra[r], acol+j-j0] * X[rx[r], xk0+i]  (r ascending)
+    # and, when dk0 == 0, db[j] += sum_r A[ra[r], acol+j-j0], for j0 <= j < j1
     # Rows r go in passes of _RC. Columns i up to a multiple of L go in
     # vectors along i (8 or 4 outputs j at a time), the rest in vectors
-    # along j;
-    # every element is one fma chain (bias: one sum) over r ascending.
+    # along j; every element is one fma chain (bias: one sum) over r
+    # ascending, continuing from its value in D.
     L = _lanes(D)
     tmp = np.empty((4, L), D.dtype)
     with_bias = dk0 == 0
-    for j in range(j0, j1):
-        for i in range(nk):
-            D[j, dk0 + i] = 0
-        if with_bias:
-            db[j] = 0
     nv = nk - nk % L
     for r_lo in range(0, nrows, _RC):
         r_hi = min(r_lo + _RC, nrows)
@@ -899,45 +899,46 @@ def _outer_acc(A, acol, X, xk0, nk, rows, nrows, D, j0, j1, dk0, db):
             c = acol + j - j0
             i = 0
             while i + 2 * L <= nv:
-                _outer_panel8(A, c, X, xk0 + i, rows, r_lo, r_hi, D, j,
+                _outer_panel8(A, c, X, xk0 + i, ra, rx, r_lo, r_hi, D, j,
                               dk0 + i)
                 i += 2 * L
             if i < nv:
                 for jj in range(0, 8, 4):
-                    _outer_panel(A, c + jj, X, xk0 + i, rows, r_lo, r_hi, D,
+                    _outer_panel(A, c + jj, X, xk0 + i, ra, rx, r_lo, r_hi, D,
                                  j + jj, dk0 + i, False)
             j += 8
         while j + 4 <= j1:
             c = acol + j - j0
             i = 0
             while i + 2 * L <= nv:
-                _outer_panel(A, c, X, xk0 + i, rows, r_lo, r_hi, D, j,
+                _outer_panel(A, c, X, xk0 + i, ra, rx, r_lo, r_hi, D, j,
                              dk0 + i, True)
                 i += 2 * L
             if i < nv:
-                _outer_panel(A, c, X, xk0 + i, rows, r_lo, r_hi, D, j,
+                _outer_panel(A, c, X, xk0 + i, ra, rx, r_lo, r_hi, D, j,
                              dk0 + i, False)
             j += 4
         while j < j1:
-            _outer_row(A, acol + j - j0, X, xk0, nv, rows, r_lo, r_hi, D, j,
+            _outer_row(A, acol + j - j0, X, xk0, nv, ra, rx, r_lo, r_hi, D, j,
                        dk0)
             j += 1
         j = j0
         while j + L <= j1:
             for i in range(nv, nk, 4):
                 _outer_panel_t(A, acol + j - j0, X, xk0 + i, min(4, nk - i),
-                               rows, r_lo, r_hi, D, j, dk0 + i, tmp)
+                               ra, rx, r_lo, r_hi, D, j, dk0 + i, tmp)
             j += L
         for jr in range(j, j1):
             c = acol + jr - j0
             for i in range(nv, nk):
                 v = D[jr, dk0 + i]
                 for r in range(r_lo, r_hi):
-                    q = rows[r]
-                    v = _fma(A[q, c], X[q, xk0 + i], v)
+                    qa = ra[r]
+                    qx = rx[r]
+                    v = _fma(A[qa, c], X[qx, xk0 + i], v)
                 D[jr, dk0 + i] = v
         if with_bias:
-            _bias_acc(A, acol, j1 - j0, rows, r_lo, r_hi, db, j0, tmp)
+            _bias_acc(A, acol, j1 - j0, ra, r_lo, r_hi, db, j0, tmp)
 
 
 # ---------------------------------------------------------------------------
@@ -1153,6 +1154,29 @@ def _step_back_before_r(g, h, d_rh, dh_new, dgi, hin, H):
 # ---------------------------------------------------------------------------
 
 @njit(**_JIT)
+def _project_steps(x2, w_ih_p, b_ih, lengths, T, reverse, b0, nb, s_lo, s_hi,
+                   gi, row_x, row_g):
+    # gi[s*TC + step - s_lo] = b_ih + W_ih x_t for the samples b0+s (s < nb)
+    # and their valid steps s_lo <= step < s_hi, t the step's time index
+    # x2 (B*T, I)   w_ih_p W_ih^T (I, 3H) packed by _pack   b_ih (3H,)
+    # gi (nb*TC, 3H) written   row_x, row_g (>= nb*TC,) scratch
+    I = x2.shape[1]
+    G = b_ih.shape[0]
+    TC = gi.shape[0] // nb
+    n_rows = 0
+    for s in range(nb):
+        b = b0 + s
+        for step in range(s_lo, min(s_hi, lengths[b])):
+            t = lengths[b] - 1 - step if reverse else step
+            row_x[n_rows] = b * T + t
+            row_g[n_rows] = s * TC + step - s_lo
+            for j in range(G):
+                gi[row_g[n_rows], j] = b_ih[j]
+            n_rows += 1
+    _gemm_acc(x2, row_x, 0, w_ih_p, 0, I, G, gi, row_g, 0, n_rows)
+
+
+@njit(**_JIT)
 def _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
                          lengths, T, reverse, reset_after, out2, h_last,
                          gates2, keep_gates, gibuf, block):
@@ -1161,32 +1185,22 @@ def _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
     #   W_hh^T[:, 2H:] (H, H), packed by _pack
     # h0 (B, H)   lengths (B,)   out2 (B*T, H)   h_last (B, H)
     # gates2 (B*T, 4H) when keep_gates, else unused
-    # gibuf (B*T, 3H) work space for the input projection
+    # gibuf (B*TC, 3H) work space for the input projection of TC steps
     # block: samples per parallel task
     B, H = h0.shape
     I = x2.shape[1]
     G = 3 * H
+    TC = gibuf.shape[0] // B
     b0 = ib * block
     nb = min(B, b0 + block) - b0
     max_len = 0
     for s in range(nb):
         max_len = max(max_len, lengths[b0 + s])
-    # input projection for every valid step of the block
-    n_rows = 0
-    for s in range(nb):
-        n_rows += lengths[b0 + s]
-    row_x = np.empty(n_rows, np.int64)
-    row_g = np.empty(n_rows, np.int64)
-    gi = gibuf[b0 * T:(b0 + nb) * T]
-    a = 0
-    for s in range(nb):
-        for t in range(lengths[b0 + s]):
-            row_x[a] = (b0 + s) * T + t
-            row_g[a] = s * T + t
-            for j in range(G):
-                gi[s * T + t, j] = b_ih[j]
-            a += 1
-    _gemm_acc(x2, row_x, 0, w_ih_p, 0, I, G, gi, row_g, 0, n_rows)
+    # the input projection of steps s_lo .. s_lo+TC-1 goes to rows
+    # s*TC + step - s_lo of gi
+    gi = gibuf[b0 * TC:(b0 + nb) * TC]
+    row_x = np.empty(nb * TC, np.int64)
+    row_g = np.empty(nb * TC, np.int64)
     # zero what lies past each sample's length
     for s in range(nb):
         b = b0 + s
@@ -1203,6 +1217,10 @@ def _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
     active = np.empty(nb, np.int64)
     n_gh = G if reset_after else 2 * H
     for step in range(max_len):
+        if step % TC == 0:
+            _project_steps(x2, w_ih_p, b_ih, lengths, T, reverse, b0, nb,
+                           step, min(step + TC, max_len), gi, row_x, row_g)
+        s_lo = step - step % TC
         na = 0
         for s in range(nb):
             if step < lengths[b0 + s]:
@@ -1222,7 +1240,7 @@ def _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
                 b = b0 + s
                 t = lengths[b] - 1 - step if reverse else step
                 g = gates2[b * T + t] if keep_gates else scratch[s]
-                _step_before_rz(gi[s * T + t], gh[s], h[s], rh[s],
+                _step_before_rz(gi[s * TC + step - s_lo], gh[s], h[s], rh[s],
                                 g, H)
                 for j in range(2 * H, G):
                     gh[s, j] = b_hh[j]
@@ -1234,10 +1252,11 @@ def _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
             t = lengths[b] - 1 - step if reverse else step
             g = gates2[b * T + t] if keep_gates else scratch[s]
             o = out2[b * T + t]
+            gs = gi[s * TC + step - s_lo]
             if reset_after:
-                _step_after(gi[s * T + t], gh[s], h[s], o, g, H)
+                _step_after(gs, gh[s], h[s], o, g, H)
             else:
-                _step_before_n(gi[s * T + t], gh[s], h[s], o, g, H)
+                _step_before_n(gs, gh[s], h[s], o, g, H)
             _copy(o, h[s], H)
     for s in range(nb):
         h_last[b0 + s, :] = h[s]
@@ -1266,118 +1285,119 @@ def _forward_kernel_serial(x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0, lengths,
 
 @njit(**_JIT)
 def _backward_kernel_task(ib, w_ih_p, w_hh_p, h0, lengths, T, reverse,
-                          reset_after, out2, gates2, d_out2, d_h_last, d_x2,
-                          d_h0, dgi2, dghn2, hp2, hin2, block):
+                          reset_after, out2, gates2, d_out2, dh, dh_new, d_rh,
+                          d_x2, s_lo, s_hi, dgi_c, dghn_c, hp_c, hin_c, block):
+    # Steps s_hi-1 down to s_lo of the samples of block ib.
     # w_ih_p, w_hh_p: W_ih (3H, I) and W_hh (3H, H), packed by _pack
     # h0 (B, H)   lengths (B,)
-    # out2 (B*T, H)   gates2 (B*T, 4H)   d_out2 (B*T, H)   d_h_last (B, H)
-    # written: d_x2 (B*T, I)   d_h0 (B, H)
-    # written for the weight gradients, valid rows only:
-    #   dgi2 (B*T, 3H) gradient of gi   dghn2 (B*T, H) gradient of gh_n
-    #   (reset_after)   hp2 (B*T, H) previous state   hin2 (B*T, H) r * h
+    # out2 (B*T, H)   gates2 (B*T, 4H)   d_out2 (B*T, H)
+    # dh (B, H) in: gradient of the states after step s_hi-1 (d_h_last
+    #   where a sample's steps end); out: after step s_lo-1
+    # dh_new, d_rh (B, H) scratch
+    # d_x2 (B*T, I): rows of these steps added to (zero before)
+    # written, chunk row b*TC + step - s_lo (TC = dgi_c.shape[0] // B):
+    #   dgi_c (B*TC, 3H) gradient of gi   dghn_c (B*TC, H) gradient of gh_n
+    #   (reset_after)   hp_c (B*TC, H) previous state   hin_c (B*TC, H) r * h
     #   (reset before)
     B, H = h0.shape
     I = d_x2.shape[1]
     G = 3 * H
-    n_blocks = (B + block - 1) // block
+    TC = dgi_c.shape[0] // B
     b0 = ib * block
     nb = min(B, b0 + block) - b0
-    max_len = 0
-    for s in range(nb):
-        max_len = max(max_len, lengths[b0 + s])
-    dh = np.empty((nb, H), h0.dtype)
-    dh_new = np.empty((nb, H), h0.dtype)
-    for s in range(nb):
-        dh[s, :] = d_h_last[b0 + s]
-        dh_new[s, :] = d_h_last[b0 + s]
-    d_rh = np.empty((nb, H), h0.dtype)
     active = np.empty(nb, np.int64)
     rows = np.empty(nb, np.int64)
-    for step in range(max_len - 1, -1, -1):
+    crow = np.empty(nb, np.int64)
+    for step in range(s_hi - 1, s_lo - 1, -1):
         na = 0
         for s in range(nb):
             b = b0 + s
             if step < lengths[b]:
                 t = lengths[b] - 1 - step if reverse else step
-                active[na] = s
+                active[na] = b
                 rows[na] = b * T + t
+                crow[na] = b * TC + step - s_lo
                 na += 1
         for a in range(na):
-            s = active[a]
-            b = b0 + s
+            b = active[a]
             q = rows[a]
+            c = crow[a]
             if step == 0:
-                _copy(h0[b], hp2[q], H)
+                _copy(h0[b], hp_c[c], H)
             elif reverse:
-                _copy(out2[q + 1], hp2[q], H)
+                _copy(out2[q + 1], hp_c[c], H)
             else:
-                _copy(out2[q - 1], hp2[q], H)
+                _copy(out2[q - 1], hp_c[c], H)
         if reset_after:
             for a in range(na):
-                s = active[a]
+                b = active[a]
                 q = rows[a]
-                _step_back_after(gates2[q], hp2[q], dh[s], d_out2[q],
-                                 dh_new[s], dgi2[q], dghn2[q], H)
-            _gemm_acc(dgi2, rows, 0, w_hh_p, 0, 2 * H, H, dh_new, active,
+                c = crow[a]
+                _step_back_after(gates2[q], hp_c[c], dh[b], d_out2[q],
+                                 dh_new[b], dgi_c[c], dghn_c[c], H)
+            _gemm_acc(dgi_c, crow, 0, w_hh_p, 0, 2 * H, H, dh_new, active,
                       0, na)
-            _gemm_acc(dghn2, rows, 0, w_hh_p, 2 * H, H, H, dh_new, active,
+            _gemm_acc(dghn_c, crow, 0, w_hh_p, 2 * H, H, H, dh_new, active,
                       0, na)
         else:
             for a in range(na):
-                s = active[a]
+                b = active[a]
                 q = rows[a]
-                _step_back_before_zn(gates2[q], hp2[q], dh[s], d_out2[q],
-                                     dh_new[s], dgi2[q], H)
+                c = crow[a]
+                _step_back_before_zn(gates2[q], hp_c[c], dh[b], d_out2[q],
+                                     dh_new[b], dgi_c[c], H)
                 for j in range(H):
-                    d_rh[s, j] = 0
-            _gemm_acc(dgi2, rows, 2 * H, w_hh_p, 2 * H, H, H, d_rh, active,
+                    d_rh[b, j] = 0
+            _gemm_acc(dgi_c, crow, 2 * H, w_hh_p, 2 * H, H, H, d_rh, active,
                       0, na)
             for a in range(na):
-                s = active[a]
+                b = active[a]
                 q = rows[a]
-                _step_back_before_r(gates2[q], hp2[q], d_rh[s], dh_new[s],
-                                    dgi2[q], hin2[q], H)
-            _gemm_acc(dgi2, rows, 0, w_hh_p, 0, 2 * H, H, dh_new, active,
+                c = crow[a]
+                _step_back_before_r(gates2[q], hp_c[c], d_rh[b], dh_new[b],
+                                    dgi_c[c], hin_c[c], H)
+            _gemm_acc(dgi_c, crow, 0, w_hh_p, 0, 2 * H, H, dh_new, active,
                       0, na)
-        dh, dh_new = dh_new, dh
-    for s in range(nb):
-        d_h0[b0 + s, :] = dh[s]
-    # gradient of the inputs for every valid step of the block
+        for a in range(na):
+            b = active[a]
+            _copy(dh_new[b], dh[b], H)
+    # gradient of the inputs at these steps
+    row_q = np.empty(nb * (s_hi - s_lo), np.int64)
+    row_c = np.empty(nb * (s_hi - s_lo), np.int64)
     n_rows = 0
     for s in range(nb):
-        n_rows += lengths[b0 + s]
-    row_q = np.empty(n_rows, np.int64)
-    a = 0
-    for s in range(nb):
         b = b0 + s
-        for t in range(T):
-            if t < lengths[b]:
-                row_q[a] = b * T + t
-                a += 1
-            d_x2[b * T + t, :] = 0
-    _gemm_acc(dgi2, row_q, 0, w_ih_p, 0, G, I, d_x2, row_q, 0, n_rows)
+        for step in range(s_lo, min(s_hi, lengths[b])):
+            t = lengths[b] - 1 - step if reverse else step
+            row_q[n_rows] = b * T + t
+            row_c[n_rows] = b * TC + step - s_lo
+            n_rows += 1
+    _gemm_acc(dgi_c, row_c, 0, w_ih_p, 0, G, I, d_x2, row_q, 0, n_rows)
+
 
 @njit(parallel=True, **_JIT)
 def _backward_kernel(w_ih_p, w_hh_p, h0, lengths, T, reverse, reset_after,
-                     out2, gates2, d_out2, d_h_last, d_x2, d_h0, dgi2, dghn2,
-                     hp2, hin2, block):
+                     out2, gates2, d_out2, dh, dh_new, d_rh, d_x2, s_lo, s_hi,
+                     dgi_c, dghn_c, hp_c, hin_c, block):
     n_blocks = (h0.shape[0] + block - 1) // block
     for ib in prange(n_blocks):
         _backward_kernel_task(ib, w_ih_p, w_hh_p, h0, lengths, T, reverse,
-                              reset_after, out2, gates2, d_out2, d_h_last,
-                              d_x2, d_h0, dgi2, dghn2, hp2, hin2, block)
+                              reset_after, out2, gates2, d_out2, dh, dh_new,
+                              d_rh, d_x2, s_lo, s_hi, dgi_c, dghn_c, hp_c,
+                              hin_c, block)
 
 
 @njit(**_JIT)
 def _backward_kernel_serial(w_ih_p, w_hh_p, h0, lengths, T, reverse,
-                            reset_after, out2, gates2, d_out2, d_h_last, d_x2,
-                            d_h0, dgi2, dghn2, hp2, hin2, block):
+                            reset_after, out2, gates2, d_out2, dh, dh_new,
+                            d_rh, d_x2, s_lo, s_hi, dgi_c, dghn_c, hp_c,
+                            hin_c, block):
     n_blocks = (h0.shape[0] + block - 1) // block
     for ib in range(n_blocks):
         _backward_kernel_task(ib, w_ih_p, w_hh_p, h0, lengths, T, reverse,
-                              reset_after, out2, gates2, d_out2, d_h_last,
-                              d_x2, d_h0, dgi2, dghn2, hp2, hin2, block)
-
+                              reset_after, out2, gates2, d_out2, dh, dh_new,
+                              d_rh, d_x2, s_lo, s_hi, dgi_c, dghn_c, hp_c,
+                              hin_c, block)
 
 
 _TASK_ROWS = 64   # rows of a weight gradient per task
@@ -1385,27 +1405,23 @@ _TASK_COLS = 256  # columns of a weight gradient per task
 
 
 @njit(**_JIT)
-def _weight_grad_setup(x2, dgi2, dghn2, hp2, hin2, lengths, T, reset_after,
-                        d_w_ih, d_w_hh, d_b_ih, d_b_hh):
-    # x2 (B*T, I)   dgi2 (B*T, 3H)   dghn2 (B*T, H)   hp2, hin2 (B*T, H)
-    # written: d_w_ih (3H, I)   d_w_hh (3H, H)   d_b_ih, d_b_hh (3H,)
-    # Each task owns a tile of one output and sums over the valid rows
-    # (b ascending, t ascending).
+def _weight_grad_setup(lengths, T, reverse, s_lo, s_hi, TC, I, H):
+    # The rows of steps s_lo .. s_hi-1 in summation order (b ascending, then
+    # step ascending): chunk rows rc (b*TC + step - s_lo) and input rows rx
+    # (b*T + t); and the task table, rows (which, j0, j1, k0, k1), largest
+    # first. which 0: d_w_ih, 1: d_w_hh[:2H], 2: d_w_hh[2H:]; each task owns
+    # the tile [j0, j1) x [k0, k1) of that output.
     B = lengths.shape[0]
-    I = x2.shape[1]
-    H = hp2.shape[1]
     G = 3 * H
+    rc = np.empty(B * (s_hi - s_lo), np.int64)
+    rx = np.empty(B * (s_hi - s_lo), np.int64)
     n_rows = 0
     for b in range(B):
-        n_rows += lengths[b]
-    rows = np.empty(n_rows, np.int64)
-    a = 0
-    for b in range(B):
-        for t in range(lengths[b]):
-            rows[a] = b * T + t
-            a += 1
-    # task table: (which, j0, j1, k0, k1); which 0: d_w_ih, 1: d_w_hh[:2H],
-    # 2: d_w_hh[2H:]
+        for step in range(s_lo, min(s_hi, lengths[b])):
+            t = lengths[b] - 1 - step if reverse else step
+            rc[n_rows] = b * TC + step - s_lo
+            rx[n_rows] = b * T + t
+            n_rows += 1
     n_task = 0
     for which in range(3):
         j_lo = 0 if which < 2 else 2 * H
@@ -1429,53 +1445,60 @@ def _weight_grad_setup(x2, dgi2, dghn2, hp2, hin2, lengths, T, reset_after,
                 tasks[n_task, 4] = min(k + _TASK_COLS, nk)
                 n_task += 1
     size = (tasks[:, 2] - tasks[:, 1]) * (tasks[:, 4] - tasks[:, 3])
-    return rows, n_rows, tasks[np.argsort(-size, kind="mergesort")]
+    return rc, rx, n_rows, tasks[np.argsort(-size, kind="mergesort")]
 
 
 @njit(**_JIT)
-def _weight_grad_task(it, tasks, rows, n_rows, x2, dgi2, dghn2, hp2, hin2,
-                      reset_after, d_w_ih, d_w_hh, d_b_ih, d_b_hh):
-    H = hp2.shape[1]
+def _weight_grad_task(it, tasks, rc, rx, n_rows, x2, dgi_c, dghn_c, hp_c,
+                      hin_c, reset_after, d_w_ih, d_w_hh, d_b_ih, d_b_hh):
+    # task it of _weight_grad_setup's table: adds the rows (rc, rx) of one
+    # chunk of steps to its tile of d_w_ih (3H, I) or d_w_hh (3H, H) and to
+    # d_b_ih or d_b_hh (3H,); arrays as in _backward_kernel_task
+    H = hp_c.shape[1]
     which = tasks[it, 0]
     j0 = tasks[it, 1]
     j1 = tasks[it, 2]
     k0 = tasks[it, 3]
     nk = tasks[it, 4] - k0
     if which == 0:
-        _outer_acc(dgi2, j0, x2, k0, nk, rows, n_rows, d_w_ih, j0, j1, k0,
+        _outer_acc(dgi_c, j0, x2, k0, nk, rc, rx, n_rows, d_w_ih, j0, j1, k0,
                    d_b_ih)
     elif which == 1:
-        _outer_acc(dgi2, j0, hp2, k0, nk, rows, n_rows, d_w_hh, j0, j1,
+        _outer_acc(dgi_c, j0, hp_c, k0, nk, rc, rc, n_rows, d_w_hh, j0, j1,
                    k0, d_b_hh)
     elif reset_after:
-        _outer_acc(dghn2, j0 - 2 * H, hp2, k0, nk, rows, n_rows, d_w_hh,
+        _outer_acc(dghn_c, j0 - 2 * H, hp_c, k0, nk, rc, rc, n_rows, d_w_hh,
                    j0, j1, k0, d_b_hh)
     else:
-        _outer_acc(dgi2, j0, hin2, k0, nk, rows, n_rows, d_w_hh, j0, j1,
+        _outer_acc(dgi_c, j0, hin_c, k0, nk, rc, rc, n_rows, d_w_hh, j0, j1,
                    k0, d_b_hh)
 
+
 @njit(parallel=True, **_JIT)
-def _weight_grad_kernel(x2, dgi2, dghn2, hp2, hin2, lengths, T, reset_after,
-                        d_w_ih, d_w_hh, d_b_ih, d_b_hh):
-    rows, n_rows, tasks = _weight_grad_setup(x2, dgi2, dghn2, hp2, hin2,
-                                             lengths, T, reset_after, d_w_ih,
-                                             d_w_hh, d_b_ih, d_b_hh)
+def _weight_grad_kernel(x2, dgi_c, dghn_c, hp_c, hin_c, lengths, T, reverse,
+                        reset_after, s_lo, s_hi, d_w_ih, d_w_hh, d_b_ih,
+                        d_b_hh):
+    # adds the steps s_lo .. s_hi-1 to the weight and bias gradients
+    rc, rx, n_rows, tasks = _weight_grad_setup(
+        lengths, T, reverse, s_lo, s_hi, dgi_c.shape[0] // lengths.shape[0],
+        x2.shape[1], hp_c.shape[1])
     # tasks differ in size: the caller hands them out one at a time
     # (parallel chunk size 1), largest first
     for it in prange(tasks.shape[0]):
-        _weight_grad_task(it, tasks, rows, n_rows, x2, dgi2, dghn2, hp2, hin2,
-                          reset_after, d_w_ih, d_w_hh, d_b_ih, d_b_hh)
+        _weight_grad_task(it, tasks, rc, rx, n_rows, x2, dgi_c, dghn_c, hp_c,
+                          hin_c, reset_after, d_w_ih, d_w_hh, d_b_ih, d_b_hh)
 
 
 @njit(**_JIT)
-def _weight_grad_kernel_serial(x2, dgi2, dghn2, hp2, hin2, lengths, T,
-                               reset_after, d_w_ih, d_w_hh, d_b_ih, d_b_hh):
-    rows, n_rows, tasks = _weight_grad_setup(x2, dgi2, dghn2, hp2, hin2,
-                                             lengths, T, reset_after, d_w_ih,
-                                             d_w_hh, d_b_ih, d_b_hh)
+def _weight_grad_kernel_serial(x2, dgi_c, dghn_c, hp_c, hin_c, lengths, T,
+                               reverse, reset_after, s_lo, s_hi, d_w_ih,
+                               d_w_hh, d_b_ih, d_b_hh):
+    rc, rx, n_rows, tasks = _weight_grad_setup(
+        lengths, T, reverse, s_lo, s_hi, dgi_c.shape[0] // lengths.shape[0],
+        x2.shape[1], hp_c.shape[1])
     for it in range(tasks.shape[0]):
-        _weight_grad_task(it, tasks, rows, n_rows, x2, dgi2, dghn2, hp2, hin2,
-                          reset_after, d_w_ih, d_w_hh, d_b_ih, d_b_hh)
+        _weight_grad_task(it, tasks, rc, rx, n_rows, x2, dgi_c, dghn_c, hp_c,
+                          hin_c, reset_after, d_w_ih, d_w_hh, d_b_ih, d_b_hh)
 
 
 @njit(cache=_JIT_CACHE, error_model="numpy", nogil=True,
@@ -1678,7 +1701,8 @@ def layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse,
     gates2 = gates.reshape(B * T, 4 * H) if keep else np.empty((1, 4 * H),
                                                                x.dtype)
     w_ih_p, w_rz_p, w_n_p = _pack_forward(w_ih, w_hh)
-    gibuf = _work(0, B * T * 3 * H, x.dtype).reshape(B * T, 3 * H)
+    TC = _chunk_steps(B, T)
+    gibuf = _work(0, B * TC * 3 * H, x.dtype).reshape(B * TC, 3 * H)
     if _serial(B, T, I, H, n_threads):
         _forward_kernel_serial(x.reshape(B * T, I), w_ih_p, w_rz_p, w_n_p,
                                b_ih, b_hh, h0, lengths, T, bool(reverse),
@@ -1726,39 +1750,68 @@ def layer_backward(x, w_ih, w_hh, h0, lengths, reverse, reset_after, out,
     B, T, I = x.shape
     H = w_hh.shape[1]
     dtype = x.dtype
-    dgi2 = _work(0, B * T * 3 * H, dtype).reshape(B * T, 3 * H)
-    hp2 = _work(1, B * T * H, dtype).reshape(B * T, H)
+    TC = _chunk_steps(B, T)
+    dgi_c = _work(0, B * TC * 3 * H, dtype).reshape(B * TC, 3 * H)
+    hp_c = _work(1, B * TC * H, dtype).reshape(B * TC, H)
     if reset_after:
-        dghn2 = _work(2, B * T * H, dtype).reshape(B * T, H)
-        hin2 = np.empty((1, H), dtype)
+        dghn_c = _work(2, B * TC * H, dtype).reshape(B * TC, H)
+        hin_c = np.empty((1, H), dtype)
     else:
-        dghn2 = np.empty((1, H), dtype)
-        hin2 = _work(2, B * T * H, dtype).reshape(B * T, H)
+        dghn_c = np.empty((1, H), dtype)
+        hin_c = _work(2, B * TC * H, dtype).reshape(B * TC, H)
+    dh = d_h_last.copy()
+    dh_new = np.empty_like(dh)
+    d_rh = np.empty_like(dh)
+    for grad in (d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh):
+        grad.fill(0)
+    w_ih_p, w_hh_p = _pack(w_ih), _pack(w_hh)
+    args = (h0, lengths, T, bool(reverse), bool(reset_after),
+            out.reshape(B * T, H), gates.reshape(B * T, 4 * H),
+            d_out.reshape(B * T, H), dh, dh_new, d_rh, d_x.reshape(B * T, I))
+    # steps go backwards in chunks of TC: the recurrence over a chunk, then
+    # its terms of the weight gradients (added in this fixed order)
+    chunks = [(max(0, s_hi - TC), s_hi)
+              for s_hi in range(int(lengths.max()), 0, -TC)]
     if _serial(B, T, I, H, n_threads):
-        _backward_kernel_serial(
-            _pack(w_ih), _pack(w_hh), h0, lengths, T,
-            bool(reverse), bool(reset_after), out.reshape(B * T, H),
-            gates.reshape(B * T, 4 * H), d_out.reshape(B * T, H), d_h_last,
-            d_x.reshape(B * T, I), d_h0, dgi2, dghn2, hp2, hin2,
-            _block_size(B, H, 1))
-        _weight_grad_kernel_serial(x.reshape(B * T, I), dgi2, dghn2, hp2,
-                                   hin2, lengths, T, bool(reset_after),
-                                   d_w_ih, d_w_hh, d_b_ih, d_b_hh)
-        return
-    with _Run(n_threads) as run:
-        _backward_kernel(_pack(w_ih), _pack(w_hh), h0, lengths,
-                         T, bool(reverse),
-                         bool(reset_after), out.reshape(B * T, H),
-                         gates.reshape(B * T, 4 * H), d_out.reshape(B * T, H),
-                         d_h_last, d_x.reshape(B * T, I), d_h0, dgi2, dghn2,
-                         hp2, hin2, _block_size(B, H, run.n))
-        chunk = numba.set_parallel_chunksize(1)
-        try:
-            _weight_grad_kernel(x.reshape(B * T, I), dgi2, dghn2, hp2, hin2,
-                                lengths, T, bool(reset_after), d_w_ih, d_w_hh,
-                                d_b_ih, d_b_hh)
-        finally:
-            numba.set_parallel_chunksize(chunk)
+        for s_lo, s_hi in chunks:
+            _backward_kernel_serial(w_ih_p, w_hh_p, *args, s_lo, s_hi, dgi_c,
+                                    dghn_c, hp_c, hin_c, _block_size(B, H, 1))
+            _weight_grad_kernel_serial(
+                x.reshape(B * T, I), dgi_c, dghn_c, hp_c, hin_c, lengths, T,
+                bool(reverse), bool(reset_after), s_lo, s_hi, d_w_ih, d_w_hh,
+                d_b_ih, d_b_hh)
+    else:
+        with _Run(n_threads) as run:
+            block = _block_size(B, H, run.n)
+            chunk = numba.get_parallel_chunksize()
+            try:
+                for s_lo, s_hi in chunks:
+                    numba.set_parallel_chunksize(chunk)
+                    _backward_kernel(w_ih_p, w_hh_p, *args, s_lo, s_hi, dgi_c,
+                                     dghn_c, hp_c, hin_c, block)
+                    numba.set_parallel_chunksize(1)
+                    _weight_grad_kernel(
+                        x.reshape(B * T, I), dgi_c, dghn_c, hp_c, hin_c,
+                        lengths, T, bool(reverse), bool(reset_after), s_lo,
+                        s_hi, d_w_ih, d_w_hh, d_b_ih, d_b_hh)
+            finally:
+                numba.set_parallel_chunksize(chunk)
+    d_h0[...] = dh
+
+
+_CHUNK_ROWS = 256   # fewest samples x steps per chunk of steps
+_CHUNK_PARTS = 8    # chunks of steps kept small: at most ~T/8 steps each
+
+
+def _chunk_steps(B, T):
+    """Steps per chunk in which the kernels keep work arrays.
+
+    The input projection (forward) and the gate gradients (backward) are
+    held for one chunk of steps at a time, about an eighth of the sequence
+    but at least _CHUNK_ROWS rows, instead of for all steps. It depends on
+    the shape only, never on the thread count.
+    """
+    return max(1, min(T, max(-(-T // _CHUNK_PARTS), -(-_CHUNK_ROWS // B))))
 
 
 _SERIAL_BATCH = 4   # batches up to this size run without parallel overhead
