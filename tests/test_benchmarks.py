@@ -159,6 +159,7 @@ def test_memory_and_startup_subprocesses():
     memory = compare.measure_train_memory("numgru", "numpy", (4, 5, 3, 8))
     assert memory["rss_peak_increase"] >= 0
     assert memory["tracemalloc_peak"] > 0
+    assert memory["rss_kept_after_first_step"] >= 0
     startup = compare.measure_startup("numpy")
     for phase in ("cold", "warm"):
         assert startup[phase]["import"] > 0 and startup[phase]["first_call"] > 0
