@@ -1168,10 +1168,11 @@ def _project_steps(x2, w_ih_p, b_ih, lengths, T, reverse, b0, nb, s_lo, s_hi,
         b = b0 + s
         for step in range(s_lo, min(s_hi, lengths[b])):
             t = lengths[b] - 1 - step if reverse else step
+            r = s * TC + step - s_lo
             row_x[n_rows] = b * T + t
-            row_g[n_rows] = s * TC + step - s_lo
+            row_g[n_rows] = r
             for j in range(G):
-                gi[row_g[n_rows], j] = b_ih[j]
+                gi[r, j] = b_ih[j]
             n_rows += 1
     _gemm_acc(x2, row_x, 0, w_ih_p, 0, I, G, gi, row_g, 0, n_rows)
 
