@@ -479,7 +479,7 @@ def _with_lane(typingctx, v, i, s):
 # Every product below adds to C one fused multiply-add per term, in
 # ascending order of the summation index, starting from C's value: an element
 # of C is one fma chain whose value depends only on its own row of A and
-# column of W. Register tiles (4 rows x 2 vectors), the split of the sum
+# column of W. Register tiles (8 or 4 rows x 2 vectors), the split of the sum
 # into passes (values go to memory and back unchanged) and the split of the
 # work between threads change the speed, never the bits.
 
@@ -494,6 +494,83 @@ def _panel2(A, ia, ka, W, kw, kn, wn, C, ic, cn, na):
     # C[ic[a], cn:cn+2L] += sum_k A[ia[a], ka+k] * W[kw+k, wn:wn+2L]
     L = _lanes(C)
     a = 0
+    while a + 8 <= na:
+        r0 = ia[a + 0]
+        r1 = ia[a + 1]
+        r2 = ia[a + 2]
+        r3 = ia[a + 3]
+        r4 = ia[a + 4]
+        r5 = ia[a + 5]
+        r6 = ia[a + 6]
+        r7 = ia[a + 7]
+        q0 = ic[a + 0]
+        q1 = ic[a + 1]
+        q2 = ic[a + 2]
+        q3 = ic[a + 3]
+        q4 = ic[a + 4]
+        q5 = ic[a + 5]
+        q6 = ic[a + 6]
+        q7 = ic[a + 7]
+        x00 = _vload(C, q0, cn)
+        x01 = _vload(C, q0, cn + L)
+        x10 = _vload(C, q1, cn)
+        x11 = _vload(C, q1, cn + L)
+        x20 = _vload(C, q2, cn)
+        x21 = _vload(C, q2, cn + L)
+        x30 = _vload(C, q3, cn)
+        x31 = _vload(C, q3, cn + L)
+        x40 = _vload(C, q4, cn)
+        x41 = _vload(C, q4, cn + L)
+        x50 = _vload(C, q5, cn)
+        x51 = _vload(C, q5, cn + L)
+        x60 = _vload(C, q6, cn)
+        x61 = _vload(C, q6, cn + L)
+        x70 = _vload(C, q7, cn)
+        x71 = _vload(C, q7, cn + L)
+        for k in range(kn):
+            b0 = _vload(W, kw + k, wn)
+            b1 = _vload(W, kw + k, wn + L)
+            s = A[r0, ka + k]
+            x00 = _vfma(s, b0, x00)
+            x01 = _vfma(s, b1, x01)
+            s = A[r1, ka + k]
+            x10 = _vfma(s, b0, x10)
+            x11 = _vfma(s, b1, x11)
+            s = A[r2, ka + k]
+            x20 = _vfma(s, b0, x20)
+            x21 = _vfma(s, b1, x21)
+            s = A[r3, ka + k]
+            x30 = _vfma(s, b0, x30)
+            x31 = _vfma(s, b1, x31)
+            s = A[r4, ka + k]
+            x40 = _vfma(s, b0, x40)
+            x41 = _vfma(s, b1, x41)
+            s = A[r5, ka + k]
+            x50 = _vfma(s, b0, x50)
+            x51 = _vfma(s, b1, x51)
+            s = A[r6, ka + k]
+            x60 = _vfma(s, b0, x60)
+            x61 = _vfma(s, b1, x61)
+            s = A[r7, ka + k]
+            x70 = _vfma(s, b0, x70)
+            x71 = _vfma(s, b1, x71)
+        _vstore(C, q0, cn, x00)
+        _vstore(C, q0, cn + L, x01)
+        _vstore(C, q1, cn, x10)
+        _vstore(C, q1, cn + L, x11)
+        _vstore(C, q2, cn, x20)
+        _vstore(C, q2, cn + L, x21)
+        _vstore(C, q3, cn, x30)
+        _vstore(C, q3, cn + L, x31)
+        _vstore(C, q4, cn, x40)
+        _vstore(C, q4, cn + L, x41)
+        _vstore(C, q5, cn, x50)
+        _vstore(C, q5, cn + L, x51)
+        _vstore(C, q6, cn, x60)
+        _vstore(C, q6, cn + L, x61)
+        _vstore(C, q7, cn, x70)
+        _vstore(C, q7, cn + L, x71)
+        a += 8
     while a + 4 <= na:
         r0 = ia[a]
         r1 = ia[a + 1]
@@ -1376,31 +1453,6 @@ def _backward_kernel_task(ib, w_ih_p, w_hh_p, h0, lengths, T, reverse,
     _gemm_acc(dgi_c, row_c, 0, w_ih_p, 0, G, I, d_x2, row_q, 0, n_rows)
 
 
-@njit(parallel=True, **_JIT)
-def _backward_kernel(w_ih_p, w_hh_p, h0, lengths, T, reverse, reset_after,
-                     out2, gates2, d_out2, dh, dh_new, d_rh, d_x2, s_lo, s_hi,
-                     dgi_c, dghn_c, hp_c, hin_c, block):
-    n_blocks = (h0.shape[0] + block - 1) // block
-    for ib in prange(n_blocks):
-        _backward_kernel_task(ib, w_ih_p, w_hh_p, h0, lengths, T, reverse,
-                              reset_after, out2, gates2, d_out2, dh, dh_new,
-                              d_rh, d_x2, s_lo, s_hi, dgi_c, dghn_c, hp_c,
-                              hin_c, block)
-
-
-@njit(**_JIT)
-def _backward_kernel_serial(w_ih_p, w_hh_p, h0, lengths, T, reverse,
-                            reset_after, out2, gates2, d_out2, dh, dh_new,
-                            d_rh, d_x2, s_lo, s_hi, dgi_c, dghn_c, hp_c,
-                            hin_c, block):
-    n_blocks = (h0.shape[0] + block - 1) // block
-    for ib in range(n_blocks):
-        _backward_kernel_task(ib, w_ih_p, w_hh_p, h0, lengths, T, reverse,
-                              reset_after, out2, gates2, d_out2, dh, dh_new,
-                              d_rh, d_x2, s_lo, s_hi, dgi_c, dghn_c, hp_c,
-                              hin_c, block)
-
-
 _TASK_ROWS = 64   # rows of a weight gradient per task
 _TASK_COLS = 256  # columns of a weight gradient per task
 
@@ -1476,30 +1528,58 @@ def _weight_grad_task(it, tasks, rc, rx, n_rows, x2, dgi_c, dghn_c, hp_c,
 
 
 @njit(parallel=True, **_JIT)
-def _weight_grad_kernel(x2, dgi_c, dghn_c, hp_c, hin_c, lengths, T, reverse,
-                        reset_after, s_lo, s_hi, d_w_ih, d_w_hh, d_b_ih,
-                        d_b_hh):
-    # adds the steps s_lo .. s_hi-1 to the weight and bias gradients
-    rc, rx, n_rows, tasks = _weight_grad_setup(
-        lengths, T, reverse, s_lo, s_hi, dgi_c.shape[0] // lengths.shape[0],
-        x2.shape[1], hp_c.shape[1])
-    # tasks differ in size: the caller hands them out one at a time
-    # (parallel chunk size 1), largest first
-    for it in prange(tasks.shape[0]):
-        _weight_grad_task(it, tasks, rc, rx, n_rows, x2, dgi_c, dghn_c, hp_c,
-                          hin_c, reset_after, d_w_ih, d_w_hh, d_b_ih, d_b_hh)
+def _backward_kernel(w_ih_p, w_hh_p, h0, lengths, T, reverse, reset_after,
+                     out2, gates2, d_out2, dh, dh_new, d_rh, x2, d_x2, chunks,
+                     dgi_c, dghn_c, hp_c, hin_c, d_w_ih, d_w_hh, d_b_ih,
+                     d_b_hh, block):
+    # For each chunk of steps (s_lo, s_hi) = chunks[k], in order: the
+    # recurrence over the chunk (parallel over sample blocks), then its terms
+    # of the weight gradients (parallel over output tiles; the caller sets
+    # parallel chunk size 1, so tasks of different sizes, largest first, are
+    # handed out one at a time). Arrays as in _backward_kernel_task and
+    # _weight_grad_task; d_x2 and the weight gradients start at zero.
+    B, H = h0.shape
+    n_blocks = (B + block - 1) // block
+    TC = dgi_c.shape[0] // B
+    for k in range(chunks.shape[0]):
+        s_lo = chunks[k, 0]
+        s_hi = chunks[k, 1]
+        for ib in prange(n_blocks):
+            _backward_kernel_task(ib, w_ih_p, w_hh_p, h0, lengths, T, reverse,
+                                  reset_after, out2, gates2, d_out2, dh,
+                                  dh_new, d_rh, d_x2, s_lo, s_hi, dgi_c,
+                                  dghn_c, hp_c, hin_c, block)
+        rc, rx, n_rows, tasks = _weight_grad_setup(
+            lengths, T, reverse, s_lo, s_hi, TC, x2.shape[1], H)
+        for it in prange(tasks.shape[0]):
+            _weight_grad_task(it, tasks, rc, rx, n_rows, x2, dgi_c, dghn_c,
+                              hp_c, hin_c, reset_after, d_w_ih, d_w_hh,
+                              d_b_ih, d_b_hh)
 
 
 @njit(**_JIT)
-def _weight_grad_kernel_serial(x2, dgi_c, dghn_c, hp_c, hin_c, lengths, T,
-                               reverse, reset_after, s_lo, s_hi, d_w_ih,
-                               d_w_hh, d_b_ih, d_b_hh):
-    rc, rx, n_rows, tasks = _weight_grad_setup(
-        lengths, T, reverse, s_lo, s_hi, dgi_c.shape[0] // lengths.shape[0],
-        x2.shape[1], hp_c.shape[1])
-    for it in range(tasks.shape[0]):
-        _weight_grad_task(it, tasks, rc, rx, n_rows, x2, dgi_c, dghn_c, hp_c,
-                          hin_c, reset_after, d_w_ih, d_w_hh, d_b_ih, d_b_hh)
+def _backward_kernel_serial(w_ih_p, w_hh_p, h0, lengths, T, reverse,
+                            reset_after, out2, gates2, d_out2, dh, dh_new,
+                            d_rh, x2, d_x2, chunks, dgi_c, dghn_c, hp_c, hin_c,
+                            d_w_ih, d_w_hh, d_b_ih, d_b_hh, block):
+    # _backward_kernel without a parallel region (same results)
+    B, H = h0.shape
+    n_blocks = (B + block - 1) // block
+    TC = dgi_c.shape[0] // B
+    for k in range(chunks.shape[0]):
+        s_lo = chunks[k, 0]
+        s_hi = chunks[k, 1]
+        for ib in range(n_blocks):
+            _backward_kernel_task(ib, w_ih_p, w_hh_p, h0, lengths, T, reverse,
+                                  reset_after, out2, gates2, d_out2, dh,
+                                  dh_new, d_rh, d_x2, s_lo, s_hi, dgi_c,
+                                  dghn_c, hp_c, hin_c, block)
+        rc, rx, n_rows, tasks = _weight_grad_setup(
+            lengths, T, reverse, s_lo, s_hi, TC, x2.shape[1], H)
+        for it in range(tasks.shape[0]):
+            _weight_grad_task(it, tasks, rc, rx, n_rows, x2, dgi_c, dghn_c,
+                              hp_c, hin_c, reset_after, d_w_ih, d_w_hh,
+                              d_b_ih, d_b_hh)
 
 
 @njit(cache=_JIT_CACHE, error_model="numpy", nogil=True,
@@ -1765,36 +1845,23 @@ def layer_backward(x, w_ih, w_hh, h0, lengths, reverse, reset_after, out,
     d_rh = np.empty_like(dh)
     for grad in (d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh):
         grad.fill(0)
-    w_ih_p, w_hh_p = _pack(w_ih), _pack(w_hh)
-    args = (h0, lengths, T, bool(reverse), bool(reset_after),
-            out.reshape(B * T, H), gates.reshape(B * T, 4 * H),
-            d_out.reshape(B * T, H), dh, dh_new, d_rh, d_x.reshape(B * T, I))
     # steps go backwards in chunks of TC: the recurrence over a chunk, then
     # its terms of the weight gradients (added in this fixed order)
-    chunks = [(max(0, s_hi - TC), s_hi)
-              for s_hi in range(int(lengths.max()), 0, -TC)]
+    chunks = np.array([(max(0, s_hi - TC), s_hi)
+                       for s_hi in range(int(lengths.max()), 0, -TC)],
+                      dtype=np.int64).reshape(-1, 2)
+    args = (_pack(w_ih), _pack(w_hh), h0, lengths, T, bool(reverse),
+            bool(reset_after), out.reshape(B * T, H),
+            gates.reshape(B * T, 4 * H), d_out.reshape(B * T, H), dh, dh_new,
+            d_rh, x.reshape(B * T, I), d_x.reshape(B * T, I), chunks, dgi_c,
+            dghn_c, hp_c, hin_c, d_w_ih, d_w_hh, d_b_ih, d_b_hh)
     if _serial(B, T, I, H, n_threads):
-        for s_lo, s_hi in chunks:
-            _backward_kernel_serial(w_ih_p, w_hh_p, *args, s_lo, s_hi, dgi_c,
-                                    dghn_c, hp_c, hin_c, _block_size(B, H, 1))
-            _weight_grad_kernel_serial(
-                x.reshape(B * T, I), dgi_c, dghn_c, hp_c, hin_c, lengths, T,
-                bool(reverse), bool(reset_after), s_lo, s_hi, d_w_ih, d_w_hh,
-                d_b_ih, d_b_hh)
+        _backward_kernel_serial(*args, _block_size(B, H, 1))
     else:
         with _Run(n_threads) as run:
-            block = _block_size(B, H, run.n)
-            chunk = numba.get_parallel_chunksize()
+            chunk = numba.set_parallel_chunksize(1)
             try:
-                for s_lo, s_hi in chunks:
-                    numba.set_parallel_chunksize(chunk)
-                    _backward_kernel(w_ih_p, w_hh_p, *args, s_lo, s_hi, dgi_c,
-                                     dghn_c, hp_c, hin_c, block)
-                    numba.set_parallel_chunksize(1)
-                    _weight_grad_kernel(
-                        x.reshape(B * T, I), dgi_c, dghn_c, hp_c, hin_c,
-                        lengths, T, bool(reverse), bool(reset_after), s_lo,
-                        s_hi, d_w_ih, d_w_hh, d_b_ih, d_b_hh)
+                _backward_kernel(*args, _block_size(B, H, run.n))
             finally:
                 numba.set_parallel_chunksize(chunk)
     d_h0[...] = dh
