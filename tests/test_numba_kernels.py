@@ -87,6 +87,24 @@ def test_float64_larger_shapes(reset_after, reverse):
                                    err_msg=name)
 
 
+@pytest.mark.parametrize("reset_after, reverse", [(True, False), (False, True)])
+def test_float64_long_sequences_in_chunks(reset_after, reverse):
+    # the kernels hold work arrays for chunks of steps: several chunks here,
+    # with samples ending inside, at and before chunk boundaries
+    B, T = 6, 300
+    assert nk._chunk_steps(B, T) < T // 4
+    p = make_problem(B, T, 4, 64, np.float64, True, seed=6)
+    p["w_hh"] *= 0.2   # a contracting recurrence: rounding does not grow
+    p["lengths"][1:4] = [nk._chunk_steps(B, T), 1, T - 1]
+    want = run(ref, p, reverse, reset_after)
+    one = run(nk, p, reverse, reset_after, n_threads=1)
+    two = run(nk, p, reverse, reset_after, n_threads=2)
+    for name in want:
+        np.testing.assert_allclose(two[name], want[name], rtol=0, atol=1e-10,
+                                   err_msg=name)
+        assert np.array_equal(one[name], two[name]), name
+
+
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_float32_matches_reference(reset_after):
     p = make_problem(7, 6, 3, 5, np.float32, True)
