@@ -859,6 +859,72 @@ def _outer_panel8(A, c, X, xk, ra, rx, r_lo, r_hi, D, j, dk):
 
 
 @njit(**_JIT)
+def _outer_packed8(Ap, Xp, rn, D, j, dk):
+    # Ap (>= rn, 8)   Xp (>= rn, 2L) packed rows   D (>= j+8, >= dk+2L)
+    # D[j+jj, dk:dk+2L] += sum_r Ap[r, jj] * Xp[r, :], r ascending below rn
+    L = _lanes(D)
+    x00 = _vload(D, j + 0, dk)
+    x01 = _vload(D, j + 0, dk + L)
+    x10 = _vload(D, j + 1, dk)
+    x11 = _vload(D, j + 1, dk + L)
+    x20 = _vload(D, j + 2, dk)
+    x21 = _vload(D, j + 2, dk + L)
+    x30 = _vload(D, j + 3, dk)
+    x31 = _vload(D, j + 3, dk + L)
+    x40 = _vload(D, j + 4, dk)
+    x41 = _vload(D, j + 4, dk + L)
+    x50 = _vload(D, j + 5, dk)
+    x51 = _vload(D, j + 5, dk + L)
+    x60 = _vload(D, j + 6, dk)
+    x61 = _vload(D, j + 6, dk + L)
+    x70 = _vload(D, j + 7, dk)
+    x71 = _vload(D, j + 7, dk + L)
+    for r in range(rn):
+        u0 = _vload(Xp, r, 0)
+        u1 = _vload(Xp, r, L)
+        s = Ap[r, 0]
+        x00 = _vfma(s, u0, x00)
+        x01 = _vfma(s, u1, x01)
+        s = Ap[r, 1]
+        x10 = _vfma(s, u0, x10)
+        x11 = _vfma(s, u1, x11)
+        s = Ap[r, 2]
+        x20 = _vfma(s, u0, x20)
+        x21 = _vfma(s, u1, x21)
+        s = Ap[r, 3]
+        x30 = _vfma(s, u0, x30)
+        x31 = _vfma(s, u1, x31)
+        s = Ap[r, 4]
+        x40 = _vfma(s, u0, x40)
+        x41 = _vfma(s, u1, x41)
+        s = Ap[r, 5]
+        x50 = _vfma(s, u0, x50)
+        x51 = _vfma(s, u1, x51)
+        s = Ap[r, 6]
+        x60 = _vfma(s, u0, x60)
+        x61 = _vfma(s, u1, x61)
+        s = Ap[r, 7]
+        x70 = _vfma(s, u0, x70)
+        x71 = _vfma(s, u1, x71)
+    _vstore(D, j + 0, dk, x00)
+    _vstore(D, j + 0, dk + L, x01)
+    _vstore(D, j + 1, dk, x10)
+    _vstore(D, j + 1, dk + L, x11)
+    _vstore(D, j + 2, dk, x20)
+    _vstore(D, j + 2, dk + L, x21)
+    _vstore(D, j + 3, dk, x30)
+    _vstore(D, j + 3, dk + L, x31)
+    _vstore(D, j + 4, dk, x40)
+    _vstore(D, j + 4, dk + L, x41)
+    _vstore(D, j + 5, dk, x50)
+    _vstore(D, j + 5, dk + L, x51)
+    _vstore(D, j + 6, dk, x60)
+    _vstore(D, j + 6, dk + L, x61)
+    _vstore(D, j + 7, dk, x70)
+    _vstore(D, j + 7, dk + L, x71)
+
+
+@njit(**_JIT)
 def _outer_row(A, c, X, xk0, nv, ra, rx, r_lo, r_hi, D, j, dk0):
     # one output row, nv a multiple of L = _lanes(D):
     # D[j, dk0+i] += sum_r A[ra[r], c] * X[rx[r], xk0+i] for i < nv,
@@ -969,15 +1035,31 @@ def _outer_acc(A, acol, X, xk0, nk, ra, rx, nrows, D, j0, j1, dk0, db):
     tmp = np.empty((4, L), D.dtype)
     with_bias = dk0 == 0
     nv = nk - nk % L
+    # the 8 x 2L tiles read A and X through contiguous copies of a pass's
+    # rows (the same values in the same order): Xp holds the columns in
+    # panels of 2L, Ap the 8 columns of one group of outputs
+    n_pair = nv // (2 * L) if j1 - j0 >= 8 else 0
+    Xp = np.empty((n_pair, _RC, 2 * L), D.dtype)
+    Ap = np.empty((_RC, 8), D.dtype)
     for r_lo in range(0, nrows, _RC):
         r_hi = min(r_lo + _RC, nrows)
+        rn = r_hi - r_lo
+        for pair in range(n_pair):
+            for r in range(rn):
+                qx = rx[r_lo + r]
+                for lane in range(2 * L):
+                    Xp[pair, r, lane] = X[qx, xk0 + pair * 2 * L + lane]
         j = j0
         while j + 8 <= j1:
             c = acol + j - j0
+            if n_pair > 0:
+                for r in range(rn):
+                    qa = ra[r_lo + r]
+                    for jj in range(8):
+                        Ap[r, jj] = A[qa, c + jj]
             i = 0
-            while i + 2 * L <= nv:
-                _outer_panel8(A, c, X, xk0 + i, ra, rx, r_lo, r_hi, D, j,
-                              dk0 + i)
+            for pair in range(n_pair):
+                _outer_packed8(Ap, Xp[pair], rn, D, j, dk0 + i)
                 i += 2 * L
             if i < nv:
                 for jj in range(0, 8, 4):
@@ -1453,7 +1535,8 @@ def _backward_kernel_task(ib, w_ih_p, w_hh_p, h0, lengths, T, reverse,
     _gemm_acc(dgi_c, row_c, 0, w_ih_p, 0, G, I, d_x2, row_q, 0, n_rows)
 
 
-_TASK_ROWS = 64   # rows of a weight gradient per task
+_TASK_ROWS = 256  # rows of a weight gradient per task (copies of the inputs
+                  # made by a task are shared by more rows when larger)
 _TASK_COLS = 256  # columns of a weight gradient per task
 
 
