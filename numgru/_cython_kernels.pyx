@@ -38,7 +38,7 @@ import os
 import numpy as np
 
 __all__ = ["layer_forward", "layer_backward", "cell_forward",
-           "OPENMP_ENABLED", "SIMD_LEVEL"]
+           "step_prepare", "step_forward", "OPENMP_ENABLED", "SIMD_LEVEL"]
 
 cdef extern from *:
     """
@@ -1540,6 +1540,784 @@ def _cell_forward_generic(const floating[:, ::1] x,
     lengths = np.ones(B, dtype=np.int64)
     _forward[floating](x3, w_ih, w_hh, b_ih, b_hh, h, lengths, False,
                        reset_after, out3, NULL, NULL, max(1, n_threads))
+
+
+# ---------------------------------------------------------------------------
+# streaming step (GRU.step)
+
+cdef extern from *:
+    """
+    /* One GRU step of a stack of unidirectional layers, for streaming.
+
+       Every gate pre-activation is a dot product over one row of the
+       row-major weights, computed in L lanes (L = 16 for float, 8 for
+       double): lane l accumulates the terms k = l, l + L, l + 2L, ... in
+       ascending order with one multiply-add each (terms past the end of a
+       row are zeros), then the lanes are summed in a fixed tree (lane l
+       with lane l + L/2, then l + L/4, ... down to 1). For the r and z gates
+       the terms of W_ih x and then those of W_hh h go into the same lanes.
+       A sample's result therefore depends only on its own inputs, never on
+       the rest of the batch, the grouping of samples or the thread count;
+       the AVX-512 and AVX2 code give the same bits (the baseline rounds the
+       product and the sum separately). */
+
+    #define NG_SL_F 16           /* lanes of the float dot products */
+    #define NG_SL_D 8            /* lanes of the double dot products */
+    #define NG_SG 4              /* samples that share one pass over W */
+
+    /* out[s * ldo + r] = dot(W[r], A[s]) (+ dot(W2[r], A2[s]) in the same
+       lanes when K2 > 0) for r < nr, s < ns: baseline, one row at a time */
+    #define NG_DEFINE_STEP_DOTS_BASE(T, SUF, L)                                \
+    static void ng_step_dots_##SUF##_base(T *out, ptrdiff_t ldo,               \
+        ptrdiff_t nr, ptrdiff_t ns, const T *W, ptrdiff_t ldw, const T *A,     \
+        ptrdiff_t lda, ptrdiff_t K, const T *W2, ptrdiff_t ldw2,               \
+        const T *A2, ptrdiff_t lda2, ptrdiff_t K2)                             \
+    {                                                                          \
+        for (ptrdiff_t s = 0; s < ns; s++)                                     \
+            for (ptrdiff_t r = 0; r < nr; r++) {                               \
+                T acc[L];                                                      \
+                for (int l = 0; l < L; l++) acc[l] = 0;                        \
+                for (int part = 0; part < 2; part++) {                         \
+                    const T *w = part ? W2 + r * ldw2 : W + r * ldw;           \
+                    const T *a = part ? A2 + s * lda2 : A + s * lda;           \
+                    const ptrdiff_t kk = part ? K2 : K;                        \
+                    ptrdiff_t k0 = 0;                                          \
+                    for (; k0 + L <= kk; k0 += L)                              \
+                        for (int l = 0; l < L; l++)                            \
+                            acc[l] = acc[l] + w[k0 + l] * a[k0 + l];           \
+                    if (k0 < kk)                                               \
+                        for (int l = 0; l < L; l++) {                          \
+                            const T wv = k0 + l < kk ? w[k0 + l] : 0;          \
+                            const T av = k0 + l < kk ? a[k0 + l] : 0;          \
+                            acc[l] = acc[l] + wv * av;                         \
+                        }                                                      \
+                }                                                              \
+                for (int half = L / 2; half > 0; half /= 2)                    \
+                    for (int l = 0; l < half; l++)                             \
+                        acc[l] = acc[l] + acc[l + half];                       \
+                out[s * ldo + r] = acc[0];                                     \
+            }                                                                  \
+    }
+    NG_DEFINE_STEP_DOTS_BASE(float, f, NG_SL_F)
+    NG_DEFINE_STEP_DOTS_BASE(double, d, NG_SL_D)
+
+    #if NG_DISPATCH
+    /* AVX2: a lane vector is two registers, lo (lanes 0 .. L/2-1) and hi
+       (lanes L/2 .. L-1); tiles of four row-sample pairs.
+       lo/hi[r * ST + s] += terms of dot(W[r], A[s]), r < nr (<= RT) */
+    #define NG_DEFINE_STEP_TILE_V3(T, SUF, V, NH, LOADU, MASKLOAD, FMADD,      \
+                                   ADD, RT, ST)                                \
+    NG_ATTR_V3 static inline __attribute__((always_inline)) void               \
+    ng_step_acc_##SUF##_##RT##x##ST##_v3(V *lo, V *hi, ptrdiff_t nr,           \
+        const T *W, ptrdiff_t ldw, const T *A, ptrdiff_t lda, ptrdiff_t K)     \
+    {                                                                          \
+        const ptrdiff_t kf = K - K % (2 * NH);                                 \
+        for (ptrdiff_t k0 = 0; k0 < kf; k0 += 2 * NH) {                        \
+            V a0[ST], a1[ST];                                                  \
+            _Pragma("GCC unroll 4")                                            \
+            for (int s = 0; s < ST; s++) {                                     \
+                a0[s] = LOADU(A + s * lda + k0);                               \
+                a1[s] = LOADU(A + s * lda + k0 + NH);                          \
+            }                                                                  \
+            _Pragma("GCC unroll 4")                                            \
+            for (int r = 0; r < RT; r++) {                                     \
+                if (r >= nr) break;                                            \
+                const V w0 = LOADU(W + r * ldw + k0);                          \
+                const V w1 = LOADU(W + r * ldw + k0 + NH);                     \
+                _Pragma("GCC unroll 4")                                        \
+                for (int s = 0; s < ST; s++) {                                 \
+                    lo[r * ST + s] = FMADD(w0, a0[s], lo[r * ST + s]);         \
+                    hi[r * ST + s] = FMADD(w1, a1[s], hi[r * ST + s]);         \
+                }                                                              \
+            }                                                                  \
+        }                                                                      \
+        if (kf < K) {                                                          \
+            const __m256i m0 = ng_step_mask_##SUF##_v3(K - kf);                \
+            const __m256i m1 = ng_step_mask_##SUF##_v3(K - kf - NH);           \
+            V a0[ST], a1[ST];                                                  \
+            _Pragma("GCC unroll 4")                                            \
+            for (int s = 0; s < ST; s++) {                                     \
+                a0[s] = MASKLOAD(A + s * lda + kf, m0);                        \
+                a1[s] = MASKLOAD(A + s * lda + kf + NH, m1);                   \
+            }                                                                  \
+            _Pragma("GCC unroll 4")                                            \
+            for (int r = 0; r < RT; r++) {                                     \
+                if (r >= nr) break;                                            \
+                const V w0 = MASKLOAD(W + r * ldw + kf, m0);                   \
+                const V w1 = MASKLOAD(W + r * ldw + kf + NH, m1);              \
+                _Pragma("GCC unroll 4")                                        \
+                for (int s = 0; s < ST; s++) {                                 \
+                    lo[r * ST + s] = FMADD(w0, a0[s], lo[r * ST + s]);         \
+                    hi[r * ST + s] = FMADD(w1, a1[s], hi[r * ST + s]);         \
+                }                                                              \
+            }                                                                  \
+        }                                                                      \
+    }                                                                          \
+    NG_ATTR_V3 static void ng_step_rows_##SUF##_##RT##x##ST##_v3(T *out,       \
+        ptrdiff_t ldo, ptrdiff_t nr, const T *W, ptrdiff_t ldw, const T *A,    \
+        ptrdiff_t lda, ptrdiff_t K, const T *W2, ptrdiff_t ldw2,               \
+        const T *A2, ptrdiff_t lda2, ptrdiff_t K2)                             \
+    {                                                                          \
+        for (ptrdiff_t r0 = 0; r0 < nr; r0 += RT) {                            \
+            const ptrdiff_t rn = nr - r0 < RT ? nr - r0 : RT;                  \
+            V lo[RT * ST], hi[RT * ST];                                        \
+            _Pragma("GCC unroll 4")                                            \
+            for (int i = 0; i < RT * ST; i++)                                  \
+                lo[i] = hi[i] = ng_step_zero_##SUF##_v3();                     \
+            ng_step_acc_##SUF##_##RT##x##ST##_v3(lo, hi, rn, W + r0 * ldw,     \
+                                                 ldw, A, lda, K);              \
+            if (K2 > 0)                                                        \
+                ng_step_acc_##SUF##_##RT##x##ST##_v3(                          \
+                    lo, hi, rn, W2 + r0 * ldw2, ldw2, A2, lda2, K2);           \
+            for (ptrdiff_t r = 0; r < rn; r++)                                 \
+                for (int s = 0; s < ST; s++)                                   \
+                    out[s * ldo + r0 + r] = ng_step_sum_##SUF##_v3(            \
+                        ADD(lo[r * ST + s], hi[r * ST + s]));                  \
+        }                                                                      \
+    }
+
+    NG_ATTR_V3 static inline __attribute__((always_inline)) __m256i
+    ng_step_mask_f_v3(ptrdiff_t n)
+    {
+        /* lanes i < n of 8 floats */
+        const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        const int c = n < 0 ? 0 : (n > 8 ? 8 : (int)n);
+        return _mm256_cmpgt_epi32(_mm256_set1_epi32(c), idx);
+    }
+    NG_ATTR_V3 static inline __attribute__((always_inline)) __m256i
+    ng_step_mask_d_v3(ptrdiff_t n)
+    {
+        /* lanes i < n of 4 doubles */
+        const __m256i idx = _mm256_setr_epi64x(0, 1, 2, 3);
+        const long long c = n < 0 ? 0 : (n > 4 ? 4 : (long long)n);
+        return _mm256_cmpgt_epi64(_mm256_set1_epi64x(c), idx);
+    }
+    NG_ATTR_V3 static inline __attribute__((always_inline)) __m256
+    ng_step_zero_f_v3(void) { return _mm256_setzero_ps(); }
+    NG_ATTR_V3 static inline __attribute__((always_inline)) __m256d
+    ng_step_zero_d_v3(void) { return _mm256_setzero_pd(); }
+    /* v holds b[l] = acc[l] + acc[l + 8]; sum (b[l] + b[l + 4]) in the tree */
+    NG_ATTR_V3 static inline __attribute__((always_inline)) float
+    ng_step_sum_f_v3(__m256 v)
+    {
+        __m128 c = _mm_add_ps(_mm256_castps256_ps128(v),
+                              _mm256_extractf128_ps(v, 1));
+        __m128 d = _mm_add_ps(c, _mm_movehl_ps(c, c));
+        return _mm_cvtss_f32(d) + _mm_cvtss_f32(_mm_shuffle_ps(d, d, 1));
+    }
+    /* v holds b[l] = acc[l] + acc[l + 4]; sum (b[l] + b[l + 2]) in the tree */
+    NG_ATTR_V3 static inline __attribute__((always_inline)) double
+    ng_step_sum_d_v3(__m256d v)
+    {
+        __m128d c = _mm_add_pd(_mm256_castpd256_pd128(v),
+                               _mm256_extractf128_pd(v, 1));
+        return _mm_cvtsd_f64(c) + _mm_cvtsd_f64(_mm_unpackhi_pd(c, c));
+    }
+    #define NG_MASKLOAD_F(p, m) _mm256_maskload_ps(p, m)
+    #define NG_MASKLOAD_D(p, m) _mm256_maskload_pd(p, m)
+    NG_DEFINE_STEP_TILE_V3(float, f, __m256, 8, _mm256_loadu_ps,
+                           NG_MASKLOAD_F, _mm256_fmadd_ps, _mm256_add_ps,
+                           4, 1)
+    NG_DEFINE_STEP_TILE_V3(float, f, __m256, 8, _mm256_loadu_ps,
+                           NG_MASKLOAD_F, _mm256_fmadd_ps, _mm256_add_ps,
+                           1, 4)
+    NG_DEFINE_STEP_TILE_V3(double, d, __m256d, 4, _mm256_loadu_pd,
+                           NG_MASKLOAD_D, _mm256_fmadd_pd, _mm256_add_pd,
+                           4, 1)
+    NG_DEFINE_STEP_TILE_V3(double, d, __m256d, 4, _mm256_loadu_pd,
+                           NG_MASKLOAD_D, _mm256_fmadd_pd, _mm256_add_pd,
+                           1, 4)
+    /* four samples at a time (one row per tile), then one at a time (four
+       rows per tile) */
+    #define NG_DEFINE_STEP_DOTS_V3(T, SUF)                                     \
+    NG_ATTR_V3 static void ng_step_dots_##SUF##_v3(T *out, ptrdiff_t ldo,      \
+        ptrdiff_t nr, ptrdiff_t ns, const T *W, ptrdiff_t ldw, const T *A,     \
+        ptrdiff_t lda, ptrdiff_t K, const T *W2, ptrdiff_t ldw2,               \
+        const T *A2, ptrdiff_t lda2, ptrdiff_t K2)                             \
+    {                                                                          \
+        ptrdiff_t s = 0;                                                       \
+        for (; s + 4 <= ns; s += 4)                                            \
+            ng_step_rows_##SUF##_1x4_v3(out + s * ldo, ldo, nr, W, ldw,        \
+                A + s * lda, lda, K, W2, ldw2, A2 + s * lda2, lda2, K2);       \
+        for (; s < ns; s++)                                                    \
+            ng_step_rows_##SUF##_4x1_v3(out + s * ldo, ldo, nr, W, ldw,        \
+                A + s * lda, lda, K, W2, ldw2, A2 + s * lda2, lda2, K2);       \
+    }
+    NG_DEFINE_STEP_DOTS_V3(float, f)
+    NG_DEFINE_STEP_DOTS_V3(double, d)
+
+    /* AVX-512: a lane vector is one register; tiles of 16 (float) or 8
+       (double) row-sample pairs, summed together by transposing adds */
+    NG_ATTR_V4 static inline __attribute__((always_inline)) __m512
+    ng_step_sum16_v4(const __m512 *a)
+    {
+        /* lane i of the result: the tree sum of a[i] */
+        __m512 s[8], t[4], u[2];
+    #pragma GCC unroll 8
+        for (int i = 0; i < 8; i++)
+            s[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44),
+                                 _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xEE));
+    #pragma GCC unroll 4
+        for (int i = 0; i < 4; i++)
+            t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2 * i], s[2 * i + 1], 0x88),
+                                 _mm512_shuffle_f32x4(s[2 * i], s[2 * i + 1], 0xDD));
+    #pragma GCC unroll 2
+        for (int i = 0; i < 2; i++)
+            u[i] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * i], t[2 * i + 1], 0x44),
+                                 _mm512_shuffle_ps(t[2 * i], t[2 * i + 1], 0xEE));
+        __m512 v = _mm512_add_ps(_mm512_shuffle_ps(u[0], u[1], 0x88),
+                                 _mm512_shuffle_ps(u[0], u[1], 0xDD));
+        /* lane 4q + e of v holds a[4e + q] */
+        const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13,
+                                              2, 6, 10, 14, 3, 7, 11, 15);
+        return _mm512_permutexvar_ps(idx, v);
+    }
+    NG_ATTR_V4 static inline __attribute__((always_inline)) __m512d
+    ng_step_sum8_v4(const __m512d *a)
+    {
+        __m512d s[4], t[2];
+    #pragma GCC unroll 4
+        for (int i = 0; i < 4; i++)
+            s[i] = _mm512_add_pd(_mm512_shuffle_f64x2(a[2 * i], a[2 * i + 1], 0x44),
+                                 _mm512_shuffle_f64x2(a[2 * i], a[2 * i + 1], 0xEE));
+    #pragma GCC unroll 2
+        for (int i = 0; i < 2; i++)
+            t[i] = _mm512_add_pd(_mm512_shuffle_f64x2(s[2 * i], s[2 * i + 1], 0x88),
+                                 _mm512_shuffle_f64x2(s[2 * i], s[2 * i + 1], 0xDD));
+        __m512d v = _mm512_add_pd(_mm512_unpacklo_pd(t[0], t[1]),
+                                  _mm512_unpackhi_pd(t[0], t[1]));
+        /* lane 2q + e of v holds a[4e + q] */
+        const __m512i idx = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
+        return _mm512_permutexvar_pd(idx, v);
+    }
+
+    /* acc[r * ST + s] += terms of dot(W[r], A[s]), r < nr (<= RT), s < ST */
+    #define NG_DEFINE_STEP_TILE_V4(T, SUF, V, MASK, L, LOADZ, LOADU, FMADD,   \
+                                   RT, ST)                                     \
+    NG_ATTR_V4 static inline __attribute__((always_inline)) void               \
+    ng_step_acc_##SUF##_##RT##x##ST##_v4(V *acc, ptrdiff_t nr, const T *W,     \
+        ptrdiff_t ldw, const T *A, ptrdiff_t lda, ptrdiff_t K)                 \
+    {                                                                          \
+        const ptrdiff_t kf = K - K % L;                                        \
+        const MASK m = (MASK)((1ull << (K - kf)) - 1u);                        \
+        if (nr == RT) {                                                        \
+            for (ptrdiff_t k0 = 0; k0 < kf; k0 += L) {                         \
+                V a[ST];                                                       \
+                _Pragma("GCC unroll 16")                                       \
+                for (int s = 0; s < ST; s++) a[s] = LOADU(A + s * lda + k0);   \
+                _Pragma("GCC unroll 16")                                       \
+                for (int r = 0; r < RT; r++) {                                 \
+                    const V w = LOADU(W + r * ldw + k0);                       \
+                    _Pragma("GCC unroll 16")                                   \
+                    for (int s = 0; s < ST; s++)                               \
+                        acc[r * ST + s] = FMADD(w, a[s], acc[r * ST + s]);     \
+                }                                                              \
+            }                                                                  \
+            if (kf < K) {                                                      \
+                V a[ST];                                                       \
+                _Pragma("GCC unroll 16")                                       \
+                for (int s = 0; s < ST; s++)                                   \
+                    a[s] = LOADZ(m, A + s * lda + kf);                         \
+                _Pragma("GCC unroll 16")                                       \
+                for (int r = 0; r < RT; r++) {                                 \
+                    const V w = LOADZ(m, W + r * ldw + kf);                    \
+                    _Pragma("GCC unroll 16")                                   \
+                    for (int s = 0; s < ST; s++)                               \
+                        acc[r * ST + s] = FMADD(w, a[s], acc[r * ST + s]);     \
+                }                                                              \
+            }                                                                  \
+            return;                                                            \
+        }                                                                      \
+        for (ptrdiff_t k0 = 0; k0 < K; k0 += L) {                              \
+            const MASK mk = k0 < kf ? (MASK)~0u : m;                           \
+            V a[ST];                                                           \
+            _Pragma("GCC unroll 16")                                           \
+            for (int s = 0; s < ST; s++) a[s] = LOADZ(mk, A + s * lda + k0);   \
+            _Pragma("GCC unroll 16")                                           \
+            for (int r = 0; r < RT; r++) {                                     \
+                if (r >= nr) break;                                            \
+                const V w = LOADZ(mk, W + r * ldw + k0);                       \
+                _Pragma("GCC unroll 16")                                       \
+                for (int s = 0; s < ST; s++)                                   \
+                    acc[r * ST + s] = FMADD(w, a[s], acc[r * ST + s]);         \
+            }                                                                  \
+        }                                                                      \
+    }                                                                          \
+    NG_ATTR_V4 static void ng_step_rows_##SUF##_##RT##x##ST##_v4(T *out,       \
+        ptrdiff_t ldo, ptrdiff_t nr, const T *W, ptrdiff_t ldw, const T *A,    \
+        ptrdiff_t lda, ptrdiff_t K, const T *W2, ptrdiff_t ldw2,               \
+        const T *A2, ptrdiff_t lda2, ptrdiff_t K2)                             \
+    {                                                                          \
+        for (ptrdiff_t r0 = 0; r0 < nr; r0 += RT) {                            \
+            const ptrdiff_t rn = nr - r0 < RT ? nr - r0 : RT;                  \
+            V acc[L];                                                          \
+            _Pragma("GCC unroll 16")                                           \
+            for (int i = 0; i < L; i++) acc[i] = ng_step_zero_##SUF##_v4();    \
+            ng_step_acc_##SUF##_##RT##x##ST##_v4(acc, rn, W + r0 * ldw, ldw,   \
+                                                 A, lda, K);                   \
+            if (K2 > 0)                                                        \
+                ng_step_acc_##SUF##_##RT##x##ST##_v4(acc, rn, W2 + r0 * ldw2,  \
+                                                     ldw2, A2, lda2, K2);      \
+            const V sum = ng_step_sum_##SUF##_v4(acc);                         \
+            if (ST == 1) {                                                     \
+                ng_step_store_##SUF##_v4(out + r0, rn, sum);                   \
+            } else {                                                           \
+                T tmp[L];                                                      \
+                ng_step_store_##SUF##_v4(tmp, L, sum);                         \
+                for (ptrdiff_t r = 0; r < rn; r++)                             \
+                    for (int s = 0; s < ST; s++)                               \
+                        out[s * ldo + r0 + r] = tmp[r * ST + s];               \
+            }                                                                  \
+        }                                                                      \
+    }
+
+    NG_ATTR_V4 static inline __attribute__((always_inline)) __m512
+    ng_step_zero_f_v4(void) { return _mm512_setzero_ps(); }
+    NG_ATTR_V4 static inline __attribute__((always_inline)) __m512d
+    ng_step_zero_d_v4(void) { return _mm512_setzero_pd(); }
+    NG_ATTR_V4 static inline __attribute__((always_inline)) __m512
+    ng_step_sum_f_v4(const __m512 *a) { return ng_step_sum16_v4(a); }
+    NG_ATTR_V4 static inline __attribute__((always_inline)) __m512d
+    ng_step_sum_d_v4(const __m512d *a) { return ng_step_sum8_v4(a); }
+    NG_ATTR_V4 static inline __attribute__((always_inline)) void
+    ng_step_store_f_v4(float *p, ptrdiff_t n, __m512 v)
+    {
+        _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), v);
+    }
+    NG_ATTR_V4 static inline __attribute__((always_inline)) void
+    ng_step_store_d_v4(double *p, ptrdiff_t n, __m512d v)
+    {
+        _mm512_mask_storeu_pd(p, (__mmask8)((1u << n) - 1u), v);
+    }
+    NG_DEFINE_STEP_TILE_V4(float, f, __m512, __mmask16, 16,
+                           _mm512_maskz_loadu_ps, _mm512_loadu_ps,
+                           _mm512_fmadd_ps, 16, 1)
+    NG_DEFINE_STEP_TILE_V4(float, f, __m512, __mmask16, 16,
+                           _mm512_maskz_loadu_ps, _mm512_loadu_ps,
+                           _mm512_fmadd_ps, 4, 4)
+    NG_DEFINE_STEP_TILE_V4(double, d, __m512d, __mmask8, 8,
+                           _mm512_maskz_loadu_pd, _mm512_loadu_pd,
+                           _mm512_fmadd_pd, 8, 1)
+    NG_DEFINE_STEP_TILE_V4(double, d, __m512d, __mmask8, 8,
+                           _mm512_maskz_loadu_pd, _mm512_loadu_pd,
+                           _mm512_fmadd_pd, 2, 4)
+
+    #define NG_DEFINE_STEP_DOTS_V4(T, SUF, RT1, RT4)                           \
+    NG_ATTR_V4 static void ng_step_dots_##SUF##_v4(T *out, ptrdiff_t ldo,      \
+        ptrdiff_t nr, ptrdiff_t ns, const T *W, ptrdiff_t ldw, const T *A,     \
+        ptrdiff_t lda, ptrdiff_t K, const T *W2, ptrdiff_t ldw2,               \
+        const T *A2, ptrdiff_t lda2, ptrdiff_t K2)                             \
+    {                                                                          \
+        ptrdiff_t s = 0;                                                       \
+        for (; s + 4 <= ns; s += 4)                                            \
+            ng_step_rows_##SUF##_##RT4##x4_v4(out + s * ldo, ldo, nr, W, ldw,  \
+                A + s * lda, lda, K, W2, ldw2, A2 + s * lda2, lda2, K2);       \
+        for (; s < ns; s++)                                                    \
+            ng_step_rows_##SUF##_##RT1##x1_v4(out + s * ldo, ldo, nr, W, ldw,  \
+                A + s * lda, lda, K, W2, ldw2, A2 + s * lda2, lda2, K2);       \
+    }
+    NG_DEFINE_STEP_DOTS_V4(float, f, 16, 4)
+    NG_DEFINE_STEP_DOTS_V4(double, d, 8, 2)
+    #endif
+
+    typedef void (*ng_step_dots_f_t)(float *, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+        const float *, ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
+        const float *, ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t);
+    typedef void (*ng_step_dots_d_t)(double *, ptrdiff_t, ptrdiff_t,
+        ptrdiff_t, const double *, ptrdiff_t, const double *, ptrdiff_t,
+        ptrdiff_t, const double *, ptrdiff_t, const double *, ptrdiff_t,
+        ptrdiff_t);
+
+    #if NG_DISPATCH
+    /* the level ng_select chose, read from the function it installed */
+    static int ng_step_level(void)
+    {
+        if (ng_gemm_nt_float == ng_gemm_nt_float_v4) return 2;
+        if (ng_gemm_nt_float == ng_gemm_nt_float_v3) return 1;
+        return 0;
+    }
+    #endif
+
+    /* One layer, samples 0 .. ns-1 (ns <= NG_SG): x (ns, I), h (ns, H),
+       h_new (ns, H) written; w_ih (3H, I), w_hh (3H, H), b_ih, b_hh (3H,);
+       work (ns, 5H). */
+    #define NG_DEFINE_STEP_GROUP(T, SUF)                                       \
+    static void ng_step_group_##SUF(ng_step_dots_##SUF##_t dots,               \
+        ptrdiff_t ns, ptrdiff_t I, ptrdiff_t H, const T *x, const T *w_ih,     \
+        const T *w_hh, const T *b_ih, const T *b_hh, const T *h,               \
+        int reset_after, T *h_new, T *work)                                    \
+    {                                                                          \
+        const ptrdiff_t G = 3 * H;                                             \
+        T *pre = work;             /* (ns, 3H) pre-activations, then gates */  \
+        T *hn = pre + ns * G;      /* (ns, H) W_hn h, or W_hn (r * h) */       \
+        T *rh = hn + ns * H;       /* (ns, H) r * h (reset before) */          \
+        dots(pre, G, 2 * H, ns, w_ih, I, x, I, I, w_hh, H, h, H, H);           \
+        dots(pre + 2 * H, G, H, ns, w_ih + 2 * H * I, I, x, I, I,              \
+             w_hh, H, h, H, 0);                                                \
+        if (reset_after)                                                       \
+            dots(hn, H, H, ns, w_hh + 2 * H * H, H, h, H, H,                   \
+                 w_hh, H, h, H, 0);                                            \
+        for (ptrdiff_t s = 0; s < ns; s++) {                                   \
+            T *p = pre + s * G;                                                \
+            for (ptrdiff_t j = 0; j < 2 * H; j++)                              \
+                p[j] = p[j] + (b_ih[j] + b_hh[j]);                             \
+            for (ptrdiff_t j = 2 * H; j < G; j++) p[j] = p[j] + b_ih[j];       \
+            ng_sigmoid_##T(2 * H, p);                                          \
+            if (reset_after) {                                                 \
+                const T *q = hn + s * H;                                       \
+                for (ptrdiff_t j = 0; j < H; j++)                              \
+                    p[2 * H + j] = p[2 * H + j]                                \
+                        + p[j] * (q[j] + b_hh[2 * H + j]);                     \
+            } else {                                                           \
+                for (ptrdiff_t j = 0; j < H; j++)                              \
+                    rh[s * H + j] = p[j] * h[s * H + j];                       \
+            }                                                                  \
+        }                                                                      \
+        if (!reset_after) {                                                    \
+            dots(hn, H, H, ns, w_hh + 2 * H * H, H, rh, H, H,                  \
+                 w_hh, H, rh, H, 0);                                           \
+            for (ptrdiff_t s = 0; s < ns; s++)                                 \
+                for (ptrdiff_t j = 0; j < H; j++)                              \
+                    pre[s * G + 2 * H + j] = pre[s * G + 2 * H + j]            \
+                        + (hn[s * H + j] + b_hh[2 * H + j]);                   \
+        }                                                                      \
+        for (ptrdiff_t s = 0; s < ns; s++) {                                   \
+            T *p = pre + s * G;                                                \
+            ng_tanh_##T(H, p + 2 * H);                                         \
+            ng_hnew_##T(H, h_new + s * H, p + H, p + 2 * H, h + s * H);        \
+        }                                                                      \
+    }                                                                          \
+    /* samples b0 .. b1-1 of one layer, in groups of NG_SG */                  \
+    static void ng_step_layer_##SUF(ptrdiff_t b0, ptrdiff_t b1, ptrdiff_t I,   \
+        ptrdiff_t H, const T *x, const T *w_ih, const T *w_hh, const T *b_ih,  \
+        const T *b_hh, const T *h, int reset_after, T *h_new, T *work)         \
+    {                                                                          \
+        ng_step_dots_##SUF##_t dots = ng_step_dots_##SUF##_base;               \
+        NG_STEP_PICK(SUF)                                                      \
+        for (ptrdiff_t b = b0; b < b1; b += NG_SG) {                           \
+            const ptrdiff_t ns = b1 - b < NG_SG ? b1 - b : NG_SG;              \
+            ng_step_group_##SUF(dots, ns, I, H, x + b * I, w_ih, w_hh, b_ih,   \
+                                b_hh, h + b * H, reset_after, h_new + b * H,   \
+                                work);                                         \
+        }                                                                      \
+    }
+    #if NG_DISPATCH
+    #define NG_STEP_PICK(SUF)                                                  \
+        switch (ng_step_level()) {                                             \
+        case 2: dots = ng_step_dots_##SUF##_v4; break;                         \
+        case 1: dots = ng_step_dots_##SUF##_v3; break;                         \
+        default: break;                                                        \
+        }
+    #else
+    #define NG_STEP_PICK(SUF)
+    #endif
+    NG_DEFINE_STEP_GROUP(float, f)
+    NG_DEFINE_STEP_GROUP(double, d)
+
+    /* samples b0 .. b1-1 (of B) through layers 0 .. L-1: x (B, I),
+       h and h_new (L, B, H); w holds w_ih, w_hh, b_ih, b_hh of every layer.
+       Returns -1 when out of memory. */
+    #define NG_DEFINE_STEP_STACK(T, SUF)                                       \
+    static int ng_step_stack_##SUF(ptrdiff_t b0, ptrdiff_t b1, ptrdiff_t B,    \
+        ptrdiff_t L, ptrdiff_t I, ptrdiff_t H, void *const *w, const T *x,     \
+        const T *h, int reset_after, T *h_new)                                 \
+    {                                                                          \
+        T *work = (T *)malloc((size_t)(NG_SG * 5 * H) * sizeof(T));            \
+        if (work == NULL) return -1;                                           \
+        for (ptrdiff_t l = 0; l < L; l++)                                      \
+            ng_step_layer_##SUF(b0, b1, l ? H : I, H,                          \
+                                l ? h_new + (l - 1) * B * H : x,               \
+                                (const T *)w[4 * l], (const T *)w[4 * l + 1],  \
+                                (const T *)w[4 * l + 2],                       \
+                                (const T *)w[4 * l + 3], h + l * B * H,        \
+                                reset_after, h_new + l * B * H, work);         \
+        free(work);                                                            \
+        return 0;                                                              \
+    }                                                                          \
+    /* 1 when no v[i] is NaN or infinite */                                    \
+    static int ng_all_finite_##SUF(ptrdiff_t n, const T *v)                    \
+    {                                                                          \
+        int bad = 0;                                                           \
+        for (ptrdiff_t i = 0; i < n; i++) bad |= !(v[i] - v[i] == 0);          \
+        return !bad;                                                           \
+    }
+    NG_DEFINE_STEP_STACK(float, f)
+    NG_DEFINE_STEP_STACK(double, d)
+    """
+    int ng_step_stack_f(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t B,
+                        Py_ssize_t L, Py_ssize_t I, Py_ssize_t H,
+                        void **w, const float *x, const float *h,
+                        int reset_after, float *h_new) noexcept nogil
+    int ng_step_stack_d(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t B,
+                        Py_ssize_t L, Py_ssize_t I, Py_ssize_t H,
+                        void **w, const double *x, const double *h,
+                        int reset_after, double *h_new) noexcept nogil
+    int ng_all_finite_f(Py_ssize_t n, const float *v) noexcept nogil
+    int ng_all_finite_d(Py_ssize_t n, const double *v) noexcept nogil
+    int NG_SG
+
+
+cdef extern from *:
+    """
+    /* The leading fields of a numpy array object (PyArrayObject_fields in
+       numpy/ndarraytypes.h). They are part of numpy's binary interface,
+       unchanged since numpy 1.7, which compiled extensions rely on; the
+       step reads them for the checks it makes on every call, far cheaper
+       than acquiring buffers. Only objects whose type is exactly
+       numpy.ndarray are read this way. */
+    typedef struct {
+        PyObject_HEAD
+        char *data;
+        int nd;
+        Py_ssize_t *dimensions;
+        Py_ssize_t *strides;
+        PyObject *base;
+        PyObject *descr;
+        int flags;
+    } ng_array_head;
+    #define NG_ARRAY_C_CONTIGUOUS 0x0001
+    #define NG_ARRAY_ALIGNED 0x0100
+    """
+    ctypedef struct ng_array_head:
+        char *data
+        int nd
+        Py_ssize_t *dimensions
+        void *descr
+        int flags
+    int NG_ARRAY_C_CONTIGUOUS
+    int NG_ARRAY_ALIGNED
+
+
+cdef object _ndarray = np.ndarray
+cdef object _float32 = np.dtype(np.float32)
+cdef object _float64 = np.dtype(np.float64)
+
+
+cdef inline ng_array_head *_step_array(object obj, int ndim,
+                                       int *kind) noexcept:
+    # obj as an array head when it is exactly a numpy.ndarray with ndim
+    # dimensions, C-contiguous and aligned, of the native float32 (kind 1)
+    # or float64 (kind 2) dtype and, when *kind is already set, of that
+    # kind; NULL otherwise
+    cdef ng_array_head *a
+    cdef int k
+    if type(obj) is not _ndarray:
+        return NULL
+    a = <ng_array_head *><void *>obj
+    if a.nd != ndim or (a.flags & (NG_ARRAY_C_CONTIGUOUS | NG_ARRAY_ALIGNED)
+                        != (NG_ARRAY_C_CONTIGUOUS | NG_ARRAY_ALIGNED)):
+        return NULL
+    if a.descr == <void *>_float32:
+        k = 1
+    elif a.descr == <void *>_float64:
+        k = 2
+    elif <object>a.descr == _float32:    # an equal dtype object (unpickled)
+        k = 1
+    elif <object>a.descr == _float64:
+        k = 2
+    else:
+        return NULL
+    if kind[0] != 0 and kind[0] != k:
+        return NULL
+    kind[0] = k
+    return a
+
+
+cdef class _StepWeights:
+    """Where :func:`step_forward` finds the weights: a dict and names."""
+    cdef readonly dict params
+    cdef readonly tuple weight_names
+    cdef readonly object bias_names
+    cdef readonly Py_ssize_t n_layers
+
+
+def step_prepare(params, weight_names, bias_names=None):
+    """Describe the weights of a stack of layers for :func:`step_forward`.
+
+    See the step entry points in :mod:`numgru._reference`.
+
+    Parameters
+    ----------
+    params : dict of str to ndarray
+        Holds the weights.
+    weight_names : sequence of 2L str
+        Keys of ``w_ih`` and ``w_hh`` of each layer in turn.
+    bias_names : sequence of 2L str, default=None
+        Keys of ``b_ih`` and ``b_hh`` of each layer in turn; None for zero
+        biases.
+
+    Returns
+    -------
+    prepared : object
+        What :func:`step_forward` takes.
+    """
+    prepared = _StepWeights()
+    prepared.params = params
+    prepared.weight_names = tuple(weight_names)
+    prepared.bias_names = (tuple(bias_names) if bias_names is not None
+                           else None)
+    prepared.n_layers = len(prepared.weight_names) // 2
+    if (prepared.n_layers < 1
+            or len(prepared.weight_names) != 2 * prepared.n_layers
+            or (bias_names is not None
+                and len(prepared.bias_names) != 2 * prepared.n_layers)):
+        raise ValueError("step_prepare needs two weight names (and two bias "
+                         "names) per layer")
+    return prepared
+
+
+def step_forward(x, h, _StepWeights prepared, bint reset_after,
+                 n_threads=None):
+    """Advance a stack of unidirectional GRU layers by one step.
+
+    The fast path of :meth:`numgru.GRU.step`; see the step entry points in
+    :mod:`numgru._reference` for what it accepts and computes.
+
+    Parameters
+    ----------
+    x : ndarray of shape (B, I)
+        Input at this step.
+    h : ndarray of shape (L, B, H) or None
+        State of every layer before the step; zeros when None.
+    prepared : object
+        From :func:`step_prepare`.
+    reset_after : bool
+        PyTorch / cuDNN form (True) or the original Cho et al. form (False).
+    n_threads : int or None, default=None
+        Threads for large batches; None for :func:`numgru.get_num_threads`.
+
+    Returns
+    -------
+    h_new : ndarray of shape (L, B, H) or None
+        State after the step, or None (nothing computed) for arrays not in
+        the expected form.
+    """
+    cdef Py_ssize_t L = prepared.n_layers, B, I, H, G, layer, k
+    cdef Py_ssize_t n_chunks, per_chunk, chunk, threads = 1
+    cdef int kind = 0, n_failed = 0
+    cdef bint finite
+    cdef ng_array_head *a
+    cdef ng_array_head *hx
+    cdef ng_array_head *hh
+    cdef void *ptrs_small[32]
+    cdef void **ptrs = ptrs_small
+    cdef void *zeros = NULL
+    cdef char *x_data
+    cdef char *h_data
+    cdef char *out_data
+    hx = _step_array(x, 2, &kind)
+    if hx == NULL:
+        return None
+    B = hx.dimensions[0]
+    I = hx.dimensions[1]
+    params = prepared.params
+    # strong references to the arrays while the GIL is released
+    weights = [params.get(name) for name in prepared.weight_names]
+    biases = (None if prepared.bias_names is None
+              else [params.get(name) for name in prepared.bias_names])
+    a = _step_array(weights[1], 2, &kind)
+    if a == NULL:
+        return None
+    H = a.dimensions[1]
+    G = 3 * H
+    if B < 1 or I < 1 or H < 1:
+        return None
+    if 4 * L > 32:
+        ptrs = <void **>malloc(4 * L * sizeof(void *))
+        if ptrs == NULL:
+            raise MemoryError()
+    try:
+        for layer in range(L):
+            a = _step_array(weights[2 * layer], 2, &kind)
+            if (a == NULL or a.dimensions[0] != G
+                    or a.dimensions[1] != (I if layer == 0 else H)):
+                return None
+            ptrs[4 * layer] = a.data
+            a = _step_array(weights[2 * layer + 1], 2, &kind)
+            if a == NULL or a.dimensions[0] != G or a.dimensions[1] != H:
+                return None
+            ptrs[4 * layer + 1] = a.data
+            if biases is not None:
+                for k in range(2):
+                    a = _step_array(biases[2 * layer + k], 1, &kind)
+                    if a == NULL or a.dimensions[0] != G:
+                        return None
+                    ptrs[4 * layer + 2 + k] = a.data
+        dtype = _float32 if kind == 1 else _float64
+        if biases is None:
+            zeros = malloc(G * (4 if kind == 1 else 8))
+            if zeros == NULL:
+                raise MemoryError()
+            memset(zeros, 0, G * (4 if kind == 1 else 8))
+            for layer in range(L):
+                ptrs[4 * layer + 2] = zeros
+                ptrs[4 * layer + 3] = zeros
+        if h is None:
+            h = np.zeros((L, B, H), dtype=dtype)
+        hh = _step_array(h, 3, &kind)
+        if (hh == NULL or hh.dimensions[0] != L or hh.dimensions[1] != B
+                or hh.dimensions[2] != H):
+            return None
+        x_data = hx.data
+        h_data = hh.data
+        with nogil:
+            if kind == 1:
+                finite = (ng_all_finite_f(B * I, <const float *>x_data)
+                          and ng_all_finite_f(L * B * H,
+                                              <const float *>h_data))
+            else:
+                finite = (ng_all_finite_d(B * I, <const double *>x_data)
+                          and ng_all_finite_d(L * B * H,
+                                              <const double *>h_data))
+        if not finite:
+            return None
+        h_new = np.empty((L, B, H), dtype=dtype)
+        out_data = (<ng_array_head *><void *>h_new).data
+        # samples split into chunks of whole groups, one chunk per thread
+        if B > NG_SG:
+            if n_threads is None:
+                from ._threads import get_num_threads
+                n_threads = get_num_threads()
+            threads = _use_threads(B, L, I, H, n_threads)
+        n_chunks = min(threads, _ceil_div(B, NG_SG))
+        per_chunk = _ceil_div(_ceil_div(B, n_chunks), NG_SG) * NG_SG
+        n_chunks = _ceil_div(B, per_chunk)
+        with nogil:
+            if n_chunks < 2:
+                if kind == 1:
+                    n_failed = -ng_step_stack_f(
+                        0, B, B, L, I, H, ptrs, <const float *>x_data,
+                        <const float *>h_data, reset_after,
+                        <float *>out_data)
+                else:
+                    n_failed = -ng_step_stack_d(
+                        0, B, B, L, I, H, ptrs, <const double *>x_data,
+                        <const double *>h_data, reset_after,
+                        <double *>out_data)
+            else:
+                for chunk in prange(n_chunks, schedule="static",
+                                    num_threads=threads):
+                    if kind == 1:
+                        n_failed -= ng_step_stack_f(
+                            chunk * per_chunk,
+                            min(B, (chunk + 1) * per_chunk), B, L, I, H,
+                            ptrs, <const float *>x_data,
+                            <const float *>h_data, reset_after,
+                            <float *>out_data)
+                    else:
+                        n_failed -= ng_step_stack_d(
+                            chunk * per_chunk,
+                            min(B, (chunk + 1) * per_chunk), B, L, I, H,
+                            ptrs, <const double *>x_data,
+                            <const double *>h_data, reset_after,
+                            <double *>out_data)
+        if n_failed:
+            raise MemoryError()
+        return h_new
+    finally:
+        free(zeros)
+        if ptrs != ptrs_small:
+            free(ptrs)
 
 
 # ---------------------------------------------------------------------------

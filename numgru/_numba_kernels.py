@@ -2,33 +2,41 @@
 
 Same contract as :mod:`numgru._reference` (see its module docstring for every
 shape): ``layer_forward`` and ``layer_backward`` run one layer in one direction
-over a batch, ``cell_forward`` runs one step. Each public function is a thin
-wrapper that sets the thread count and calls a private compiled kernel.
+over a batch, ``cell_forward`` runs one step, ``step_prepare`` and
+``step_forward`` are the fast path of :meth:`numgru.GRU.step`. Each public
+function is a thin wrapper that sets the thread count and calls a private
+compiled kernel.
 
 How the kernels are organised:
 
 - Parallelism is over fixed-size blocks of samples. Each block runs its own
   full time loop; there is no synchronisation between steps.
-- The input projection ``x @ W_ih^T`` of a block is computed for all its steps
-  before the time loop.
+- The sequence is processed in chunks of about an eighth of its steps (see
+  ``_chunk_steps``): the forward computes the input projection ``x @ W_ih^T``
+  of a block one chunk at a time, and the backward runs the recurrence over
+  one chunk, then adds that chunk's terms to the weight gradients. Work
+  arrays therefore hold one chunk, not the whole sequence.
 - Every matrix product is written as ``C[row, j] += A[row, k] * W[k, j]`` with
-  ``k`` ascending and one fused multiply-add per term, vectorised over ``j``.
-  A value of ``C`` therefore depends only on its own row of ``A``, never on
-  the block size, the tiling, the thread count or the other samples in the
-  batch: results are bitwise reproducible. No BLAS is called.
-- Weight gradients are reductions over all valid ``(b, t)`` rows in a fixed
-  order (``b`` ascending, then ``t`` ascending), each output element owned by
-  one task.
+  ``k`` ascending and one fused multiply-add per term, on SIMD vectors along
+  ``j`` held in registers (tiles of 8 or 4 rows by 2 vectors). A value of
+  ``C`` therefore depends only on its own row of ``A``, never on the block
+  size, the tiling, the thread count or the other samples in the batch:
+  results are bitwise reproducible. No BLAS is called.
+- Weight gradients are reductions over the valid ``(b, t)`` rows in a fixed
+  order (chunks from the last steps to the first; within a chunk ``b``
+  ascending, then the processing step ascending), each output element owned
+  by one task.
 - Small calls (little work per step, or fewer than two sample blocks) run a
   serial build of the same kernels: no parallel region, same bits.
-- ``cell_forward`` (streaming) needs no packing: each gate pre-activation is
-  a dot product over one row of the row-major weights, a vectorised
-  reduction whose order is fixed at compile time. It agrees with a one-step
-  ``layer_forward`` to rounding, and a sample's result does not depend on
-  its batch or the thread count.
-- Work arrays of the large calls are kept per Python thread and reused.
+- The streaming step (``cell_forward``, ``step_forward``) needs no packing:
+  each gate pre-activation is a dot product over one row of the row-major
+  weights, in lanes of a 64-byte vector summed in a fixed tree, an order
+  spelled out by the code. It agrees with a one-step ``layer_forward`` to
+  rounding, and a sample's result does not depend on its batch or the thread
+  count.
+- Work arrays are kept per Python thread and reused.
 - float64 uses ``np.tanh`` and ``np.exp``; float32 uses a rational
-  approximation of ``tanh`` (max abs error 3.5e-7) that vectorises;
+  approximation of ``tanh`` (max abs error 3.5e-7) on SIMD vectors;
   sigmoid(x) = (1 + tanh(x / 2)) / 2.
 """
 
@@ -44,7 +52,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, overload, register_model
 
-__all__ = ["layer_forward", "layer_backward", "cell_forward"]
+__all__ = ["layer_forward", "layer_backward", "cell_forward",
+           "step_prepare", "step_forward"]
 
 
 # ---------------------------------------------------------------------------
@@ -791,76 +800,9 @@ def _outer_panel(A, c, X, xk, ra, rx, r_lo, r_hi, D, j, dk, two):
 
 
 @njit(**_JIT)
-def _outer_panel8(A, c, X, xk, ra, rx, r_lo, r_hi, D, j, dk):
-    # as _outer_panel with two vectors, for 8 outputs j .. j+7:
-    # D[j+jj, dk:dk+2L] += sum_r A[ra[r], c+jj] * X[rx[r], xk:xk+2L]
-    L = _lanes(D)
-    x00 = _vload(D, j, dk)
-    x01 = _vload(D, j, dk + L)
-    x10 = _vload(D, j + 1, dk)
-    x11 = _vload(D, j + 1, dk + L)
-    x20 = _vload(D, j + 2, dk)
-    x21 = _vload(D, j + 2, dk + L)
-    x30 = _vload(D, j + 3, dk)
-    x31 = _vload(D, j + 3, dk + L)
-    x40 = _vload(D, j + 4, dk)
-    x41 = _vload(D, j + 4, dk + L)
-    x50 = _vload(D, j + 5, dk)
-    x51 = _vload(D, j + 5, dk + L)
-    x60 = _vload(D, j + 6, dk)
-    x61 = _vload(D, j + 6, dk + L)
-    x70 = _vload(D, j + 7, dk)
-    x71 = _vload(D, j + 7, dk + L)
-    for r in range(r_lo, r_hi):
-        qa = ra[r]
-        qx = rx[r]
-        u0 = _vload(X, qx, xk)
-        u1 = _vload(X, qx, xk + L)
-        s = A[qa, c]
-        x00 = _vfma(s, u0, x00)
-        x01 = _vfma(s, u1, x01)
-        s = A[qa, c + 1]
-        x10 = _vfma(s, u0, x10)
-        x11 = _vfma(s, u1, x11)
-        s = A[qa, c + 2]
-        x20 = _vfma(s, u0, x20)
-        x21 = _vfma(s, u1, x21)
-        s = A[qa, c + 3]
-        x30 = _vfma(s, u0, x30)
-        x31 = _vfma(s, u1, x31)
-        s = A[qa, c + 4]
-        x40 = _vfma(s, u0, x40)
-        x41 = _vfma(s, u1, x41)
-        s = A[qa, c + 5]
-        x50 = _vfma(s, u0, x50)
-        x51 = _vfma(s, u1, x51)
-        s = A[qa, c + 6]
-        x60 = _vfma(s, u0, x60)
-        x61 = _vfma(s, u1, x61)
-        s = A[qa, c + 7]
-        x70 = _vfma(s, u0, x70)
-        x71 = _vfma(s, u1, x71)
-    _vstore(D, j, dk, x00)
-    _vstore(D, j, dk + L, x01)
-    _vstore(D, j + 1, dk, x10)
-    _vstore(D, j + 1, dk + L, x11)
-    _vstore(D, j + 2, dk, x20)
-    _vstore(D, j + 2, dk + L, x21)
-    _vstore(D, j + 3, dk, x30)
-    _vstore(D, j + 3, dk + L, x31)
-    _vstore(D, j + 4, dk, x40)
-    _vstore(D, j + 4, dk + L, x41)
-    _vstore(D, j + 5, dk, x50)
-    _vstore(D, j + 5, dk + L, x51)
-    _vstore(D, j + 6, dk, x60)
-    _vstore(D, j + 6, dk + L, x61)
-    _vstore(D, j + 7, dk, x70)
-    _vstore(D, j + 7, dk + L, x71)
-
-
-@njit(**_JIT)
 def _outer_packed8(Ap, Xp, rn, D, j, dk):
-    # Ap (>= rn, 8)   Xp (>= rn, 2L) packed rows   D (>= j+8, >= dk+2L)
+    # as _outer_panel with two vectors, for 8 outputs and packed rows:
+    # Ap (>= rn, 8)   Xp (>= rn, 2L)   D (>= j+8, >= dk+2L)
     # D[j+jj, dk:dk+2L] += sum_r Ap[r, jj] * Xp[r, :], r ascending below rn
     L = _lanes(D)
     x00 = _vload(D, j + 0, dk)
@@ -1665,75 +1607,393 @@ def _backward_kernel_serial(w_ih_p, w_hh_p, h0, lengths, T, reverse,
                               d_b_ih, d_b_hh)
 
 
-@njit(cache=_JIT_CACHE, error_model="numpy", nogil=True,
-      fastmath={"reassoc", "contract"})
-def _dot(w, x, n):
-    # sum_k w[k] * x[k] for k < n. The reduction may be reassociated so LLVM
-    # vectorises it (partial sums in vector lanes, combined in a fixed order
-    # chosen at compile time): the result depends only on w, x and the
-    # compiled code, never on the batch, the sample's place in it or the
-    # thread count.
-    s = _unit(w[0]) - _unit(w[0])
-    for k in range(n):
-        s += w[k] * x[k]
-    return s
+# ---------------------------------------------------------------------------
+# One step for streaming (cell_forward, step_forward)
+# ---------------------------------------------------------------------------
+#
+# A step reads the row-major weights as they are, row by row: every gate
+# pre-activation is a dot product over one weight row, computed in the L
+# lanes of a 64-byte vector (L = 16 for float32, 8 for float64). Lane l
+# accumulates the terms k = l, l + L, l + 2L, ... in ascending order with
+# one fused multiply-add each (terms past the end of a row are zeros); the
+# lanes are then summed in a fixed tree: lane l with lane l + L/2, then with
+# l + L/4, ... down to l + 1. The intrinsics below spell this order out
+# instead of leaving it to the compiler, so a sample's result depends only on
+# its own inputs, never on the batch, the thread count or the code the
+# kernel is compiled into. The Cython backend's step uses the same order.
+
+
+class _Lanes(types.Type):
+    """The lanes of a step dot product: 64 bytes of the float type ``dtype``."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.count = 64 // (dtype.bitwidth // 8)
+        super().__init__(name=f"numgru_step_lanes({dtype} x {self.count})")
+
+
+@register_model(_Lanes)
+class _LanesModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        element = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type,
+                         ll_ir.VectorType(element, fe_type.count))
+
+
+def _is_step_matrix(a):
+    # a C-contiguous 2-D float array
+    return (isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C"
+            and isinstance(a.dtype, types.Float))
+
+
+def _element_pointer(context, builder, aryty, ary, i, ity, j, jty):
+    # address of ary[i, j] (indices in bounds, not negative)
+    arr = context.make_array(aryty)(context, builder, ary)
+    inds = [context.cast(builder, i, ity, types.intp),
+            context.cast(builder, j, jty, types.intp)]
+    return cgutils.get_item_pointer2(
+        context, builder, data=arr.data,
+        shape=cgutils.unpack_tuple(builder, arr.shape),
+        strides=cgutils.unpack_tuple(builder, arr.strides),
+        layout=aryty.layout, inds=inds)
+
+
+@intrinsic
+def _lanes_count(typingctx, a):
+    """Lanes per step vector for the dtype of the array ``a`` (a constant)."""
+    if not _is_step_matrix(a):
+        return None
+    count = _Lanes(a.dtype).count
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(types.intp, count)
+    return types.intp(a), codegen
+
+
+@intrinsic
+def _lanes_zero(typingctx, a):
+    """Lanes of zeros, of the dtype of the array ``a``."""
+    if not _is_step_matrix(a):
+        return None
+    lanes = _Lanes(a.dtype)
+
+    def codegen(context, builder, signature, args):
+        return ll_ir.Constant(context.get_value_type(lanes), None)
+    return lanes(a), codegen
+
+
+@intrinsic
+def _lanes_load(typingctx, a, i, j):
+    """a[i, j:j + L], all within the row."""
+    if not (_is_step_matrix(a) and isinstance(i, types.Integer)
+            and isinstance(j, types.Integer)):
+        return None
+    lanes = _Lanes(a.dtype)
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_pointer(context, builder, a, args[0], args[1], i,
+                               args[2], j)
+        vecty = context.get_value_type(lanes)
+        return builder.load(builder.bitcast(ptr, vecty.as_pointer()),
+                            align=a.dtype.bitwidth // 8)
+    return lanes(a, i, j), codegen
+
+
+@intrinsic
+def _lanes_load_tail(typingctx, a, i, j, n):
+    """a[i, j:n] followed by zeros, for j < n < j + L (the end of a row)."""
+    if not (_is_step_matrix(a) and all(isinstance(t, types.Integer)
+                                       for t in (i, j, n))):
+        return None
+    lanes = _Lanes(a.dtype)
+
+    def codegen(context, builder, signature, args):
+        vecty = context.get_value_type(lanes)
+        intp = context.get_value_type(types.intp)
+        start = context.cast(builder, args[2], j, types.intp)
+        stop = context.cast(builder, args[3], n, types.intp)
+        zero = ll_ir.Constant(vecty.element, 0.0)
+        out = ll_ir.Constant(vecty, None)
+        for lane in range(lanes.count):
+            col = builder.add(start, ll_ir.Constant(intp, lane))
+            inside = builder.icmp_signed("<", col, stop)
+            # read a column that exists (j itself) when past the end
+            ptr = _element_pointer(context, builder, a, args[0], args[1], i,
+                                   builder.select(inside, col, start),
+                                   types.intp)
+            value = builder.select(inside, builder.load(ptr), zero)
+            out = builder.insert_element(
+                out, value, ll_ir.Constant(ll_ir.IntType(32), lane))
+        return out
+    return lanes(a, i, j, n), codegen
+
+
+@intrinsic
+def _lanes_fma(typingctx, a, b, c):
+    """a * b + c lane by lane, rounded once (llvm.fma)."""
+    if not (isinstance(a, _Lanes) and a == b and a == c):
+        return None
+
+    def codegen(context, builder, signature, args):
+        vecty = args[0].type
+        name = f"llvm.fma.v{a.count}f{a.dtype.bitwidth}"
+        fma = cgutils.get_or_insert_function(
+            builder.module, ll_ir.FunctionType(vecty, [vecty] * 3), name)
+        return builder.call(fma, list(args))
+    return a(a, b, c), codegen
+
+
+def _tree_sums(builder, vectors, count):
+    # the tree sums of equally long LLVM vectors (a power of two of them),
+    # in order. Each vector is a list of segments, one per row; a stage adds
+    # the upper half of every segment to its lower half, packing the
+    # segments of two vectors into one while there are several vectors.
+    i32 = ll_ir.IntType(32)
+
+    def shuffle(x, y, lanes):
+        return builder.shuffle_vector(
+            x, y, ll_ir.Constant(ll_ir.VectorType(i32, len(lanes)), lanes))
+
+    state = list(vectors)
+    segments, width = 1, count
+    while width > 1:
+        half = width // 2
+        pairs = len(state) > 1
+        groups = ([(state[k], state[k + 1]) for k in range(0, len(state), 2)]
+                  if pairs else [(state[0], state[0])])
+        state = []
+        for x, y in groups:
+            low, high = [], []
+            for offset in ((0, segments * width) if pairs else (0,)):
+                for s in range(segments):
+                    first = offset + s * width
+                    low += range(first, first + half)
+                    high += range(first + half, first + width)
+            state.append(builder.fadd(shuffle(x, y, low), shuffle(x, y, high)))
+        if pairs:
+            segments *= 2
+        width = half
+    return [builder.extract_element(v, ll_ir.Constant(i32, k))
+            for v in state for k in range(segments)]
+
+
+@intrinsic
+def _lanes_sum4(typingctx, c0, c1, c2, c3):
+    """The tree sums of four lane vectors, as a 4-tuple."""
+    if not (isinstance(c0, _Lanes) and c0 == c1 and c0 == c2 and c0 == c3):
+        return None
+    tuple_type = types.UniTuple(c0.dtype, 4)
+
+    def codegen(context, builder, signature, args):
+        sums = _tree_sums(builder, list(args), c0.count)
+        return context.make_tuple(builder, tuple_type, sums)
+    return tuple_type(c0, c1, c2, c3), codegen
 
 
 @njit(**_JIT)
-def _cell_rows(x, w_ih, w_hh, b_ih, b_hh, h, reset_after, h_new, rh, b0, b1):
-    # one step for samples b0 .. b1-1 over the row-major weights, no packing:
-    # every gate pre-activation is a _dot over one weight row, so a sample's
-    # result does not depend on the batch; rh (>= H,) scratch (reset before)
+def _step_dots(out, o, w, r, nr, a, s, w2, a2, s2, with2):
+    # out[o + i] = dot(w[r + i], a[s]) for i < nr, plus dot(w2[r + i], a2[s2])
+    # in the same lanes when with2; w (rows, K) a (samples, K),
+    # w2 (rows, K2) a2 (samples, K2), out (>= o + nr,). Rows go four at a
+    # time (the last group repeats row r + nr - 1 where rows run out).
+    lanes = _lanes_count(w)
+    n = w.shape[1]
+    n2 = w2.shape[1]
+    full = n - n % lanes
+    full2 = n2 - n2 % lanes
+    last = r + nr - 1
+    for i in range(0, nr, 4):
+        r0 = r + i
+        r1 = min(r0 + 1, last)
+        r2 = min(r0 + 2, last)
+        r3 = min(r0 + 3, last)
+        c0 = c1 = c2 = c3 = _lanes_zero(w)
+        for k in range(0, full, lanes):
+            v = _lanes_load(a, s, k)
+            c0 = _lanes_fma(_lanes_load(w, r0, k), v, c0)
+            c1 = _lanes_fma(_lanes_load(w, r1, k), v, c1)
+            c2 = _lanes_fma(_lanes_load(w, r2, k), v, c2)
+            c3 = _lanes_fma(_lanes_load(w, r3, k), v, c3)
+        if full < n:
+            v = _lanes_load_tail(a, s, full, n)
+            c0 = _lanes_fma(_lanes_load_tail(w, r0, full, n), v, c0)
+            c1 = _lanes_fma(_lanes_load_tail(w, r1, full, n), v, c1)
+            c2 = _lanes_fma(_lanes_load_tail(w, r2, full, n), v, c2)
+            c3 = _lanes_fma(_lanes_load_tail(w, r3, full, n), v, c3)
+        if with2:
+            for k in range(0, full2, lanes):
+                v = _lanes_load(a2, s2, k)
+                c0 = _lanes_fma(_lanes_load(w2, r0, k), v, c0)
+                c1 = _lanes_fma(_lanes_load(w2, r1, k), v, c1)
+                c2 = _lanes_fma(_lanes_load(w2, r2, k), v, c2)
+                c3 = _lanes_fma(_lanes_load(w2, r3, k), v, c3)
+            if full2 < n2:
+                v = _lanes_load_tail(a2, s2, full2, n2)
+                c0 = _lanes_fma(_lanes_load_tail(w2, r0, full2, n2), v, c0)
+                c1 = _lanes_fma(_lanes_load_tail(w2, r1, full2, n2), v, c1)
+                c2 = _lanes_fma(_lanes_load_tail(w2, r2, full2, n2), v, c2)
+                c3 = _lanes_fma(_lanes_load_tail(w2, r3, full2, n2), v, c3)
+        t = _lanes_sum4(c0, c1, c2, c3)
+        out[o + i] = t[0]
+        if i + 1 < nr:
+            out[o + i + 1] = t[1]
+        if i + 2 < nr:
+            out[o + i + 2] = t[2]
+        if i + 3 < nr:
+            out[o + i + 3] = t[3]
+
+
+@njit(**_JIT)
+def _step_sample(x, w_ih, w_hh, b_ih, b_hh, h, b, reset_after, h_new, p, q):
+    # sample b of one layer: x (B, I), w_ih (3H, I), w_hh (3H, H),
+    # b_ih, b_hh (3H,), h (B, H), h_new (B, H) row b written;
+    # p (3H,) and q (2, H) scratch. Each elementwise loop writes one array.
     H = h.shape[1]
-    I = x.shape[1]
-    one = _unit(b_ih[0])
+    one = _unit(p[0])
+    hn = q[0]
+    # r and z: the input and the recurrent terms in the same lanes
+    _step_dots(p, 0, w_ih, 0, 2 * H, x, b, w_hh, h, b, True)
+    _step_dots(p, 2 * H, w_ih, 2 * H, H, x, b, w_hh, h, b, False)
+    for j in range(2 * H):
+        p[j] = _sigmoid(p[j] + (b_ih[j] + b_hh[j]))
+    if reset_after:
+        _step_dots(hn, 0, w_hh, 2 * H, H, h, b, w_hh, h, b, False)
+        for j in range(H):
+            hn[j] = _tanh((p[2 * H + j] + b_ih[2 * H + j])
+                          + p[j] * (hn[j] + b_hh[2 * H + j]))
+    else:
+        rh = q[1]
+        for j in range(H):
+            rh[j] = p[j] * h[b, j]
+        _step_dots(hn, 0, w_hh, 2 * H, H, q, 1, w_hh, q, 1, False)
+        for j in range(H):
+            hn[j] = _tanh((p[2 * H + j] + b_ih[2 * H + j])
+                          + (hn[j] + b_hh[2 * H + j]))
+    for j in range(H):
+        z = p[H + j]
+        h_new[b, j] = (one - z) * hn[j] + z * h[b, j]
+
+
+@njit(**_JIT)
+def _step_samples(x, w_ih, w_hh, b_ih, b_hh, h, layer, reset_after, h_new,
+                  b0, b1):
+    # samples b0 .. b1-1 of one layer: x (B, I), h and h_new (L, B, H), the
+    # layer's rows h[layer] read and h_new[layer] written
+    H = h.shape[2]
+    work = np.empty((5, H), h_new.dtype)
+    p = work[:3].reshape(3 * H)
+    q = work[3:]
+    h_in = h[layer]
+    h_out = h_new[layer]
     for b in range(b0, b1):
-        xb = x[b]
-        hb = h[b]
-        if reset_after:
-            for j in range(H):
-                r = _sigmoid((b_ih[j] + _dot(w_ih[j], xb, I))
-                             + (b_hh[j] + _dot(w_hh[j], hb, H)))
-                z = _sigmoid((b_ih[H + j] + _dot(w_ih[H + j], xb, I))
-                             + (b_hh[H + j] + _dot(w_hh[H + j], hb, H)))
-                hn = b_hh[2 * H + j] + _dot(w_hh[2 * H + j], hb, H)
-                n = _tanh((b_ih[2 * H + j] + _dot(w_ih[2 * H + j], xb, I))
-                          + r * hn)
-                h_new[b, j] = (one - z) * n + z * hb[j]
-        else:
-            for j in range(H):
-                r = _sigmoid((b_ih[j] + _dot(w_ih[j], xb, I))
-                             + (b_hh[j] + _dot(w_hh[j], hb, H)))
-                rh[j] = r * hb[j]
-            for j in range(H):
-                z = _sigmoid((b_ih[H + j] + _dot(w_ih[H + j], xb, I))
-                             + (b_hh[H + j] + _dot(w_hh[H + j], hb, H)))
-                hn = b_hh[2 * H + j] + _dot(w_hh[2 * H + j], rh, H)
-                n = _tanh((b_ih[2 * H + j] + _dot(w_ih[2 * H + j], xb, I))
-                          + hn)
-                h_new[b, j] = (one - z) * n + z * hb[j]
+        _step_sample(x, w_ih, w_hh, b_ih, b_hh, h_in, b, reset_after, h_out,
+                     p, q)
 
 
 @njit(**_JIT)
-def _cell_serial(x, w_ih, w_hh, b_ih, b_hh, h, reset_after, h_new):
-    # x (B, I)   w_ih (3H, I)   w_hh (3H, H)   b_ih, b_hh (3H,)
-    # h (B, H)   h_new (B, H) written
-    H = h.shape[1]
-    rh = np.empty(H if not reset_after else 1, h.dtype)
-    _cell_rows(x, w_ih, w_hh, b_ih, b_hh, h, reset_after, h_new, rh, 0,
-               h.shape[0])
+def _all_finite(a):
+    # whether no value of the 2-D array a is NaN or infinite
+    finite = True
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            finite &= a[i, j] - a[i, j] == 0
+    return finite
+
+
+@njit(**_JIT)
+def _layer_fits(x, w_ih, w_hh, b_ih, b_hh, h, layer, h_new, check):
+    # whether the shapes fit together (x (B, I), w_ih (3H, I), w_hh (3H, H),
+    # b_ih, b_hh (3H,), h and h_new (L, B, H), 0 <= layer < L) and, for
+    # check >= 1, h[layer] is finite, for check >= 2, x too
+    L, B, H = h.shape
+    I = x.shape[1]
+    if (B < 1 or H < 1 or I < 1 or layer < 0 or layer >= L
+            or x.shape[0] != B or h_new.shape != h.shape
+            or w_ih.shape[0] != 3 * H or w_ih.shape[1] != I
+            or w_hh.shape[0] != 3 * H or w_hh.shape[1] != H
+            or b_ih.shape[0] != 3 * H or b_hh.shape[0] != 3 * H):
+        return False
+    return ((check < 1 or _all_finite(h[layer]))
+            and (check < 2 or _all_finite(x)))
+
+
+@intrinsic
+def _pointer_like(typingctx, address, array):
+    """The integer ``address`` as a pointer to the dtype of ``array``."""
+    if not (isinstance(address, types.Integer)
+            and isinstance(array, types.Array)):
+        return None
+    pointer = types.CPointer(array.dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer))
+    return pointer(address, array), codegen
+
+
+def _step_types_fit(x, h, h_new):
+    # whether Numba types suit the step kernels: C-contiguous float arrays
+    # of one dtype, x 2-D, h and h_new 3-D, h_new writable
+    arrays = (x, h, h_new)
+    return (all(isinstance(a, types.Array) and a.layout == "C"
+                and a.dtype == h_new.dtype for a in arrays)
+            and isinstance(h_new.dtype, types.Float)
+            and [a.ndim for a in arrays] == [2, 3, 3] and h_new.mutable)
+
+
+def _step_at_typed(x, h, layer, h_new, w_ih_at, w_hh_at, b_ih_at, b_hh_at,
+                   I, H, reset_after, check, run):
+    """Compiled as _step_at_typed_impl chooses for the argument types."""
+
+
+@overload(_step_at_typed, jit_options=dict(_JIT))
+def _step_at_typed_impl(x, h, layer, h_new, w_ih_at, w_hh_at, b_ih_at,
+                        b_hh_at, I, H, reset_after, check, run):
+    if not _step_types_fit(x, h, h_new):
+        return (lambda x, h, layer, h_new, w_ih_at, w_hh_at, b_ih_at, b_hh_at,
+                I, H, reset_after, check, run: False)
+
+    def impl(x, h, layer, h_new, w_ih_at, w_hh_at, b_ih_at, b_hh_at, I, H,
+             reset_after, check, run):
+        w_ih = numba.carray(_pointer_like(w_ih_at, h_new), (3 * H, I))
+        w_hh = numba.carray(_pointer_like(w_hh_at, h_new), (3 * H, H))
+        b_ih = numba.carray(_pointer_like(b_ih_at, h_new), 3 * H)
+        b_hh = numba.carray(_pointer_like(b_hh_at, h_new), 3 * H)
+        if not _layer_fits(x, w_ih, w_hh, b_ih, b_hh, h, layer, h_new, check):
+            return False
+        if run:
+            _step_samples(x, w_ih, w_hh, b_ih, b_hh, h, layer, reset_after,
+                          h_new, 0, x.shape[0])
+        return True
+    return impl
+
+
+@njit(**_JIT)
+def _step_at(x, h, layer, h_new, w_ih_at, w_hh_at, b_ih_at, b_hh_at, I, H,
+             reset_after, check, run):
+    # layer `layer` of a step on the calling thread (when run), after
+    # checking the arrays; the layer's weights are C-contiguous arrays of the
+    # dtype of h_new at the given addresses: w_ih (3H, I), w_hh (3H, H),
+    # b_ih, b_hh (3H,). x (B, I), h and h_new (L, B, H). False (nothing
+    # written) when the types or shapes do not fit or a checked array is not
+    # finite (see _layer_fits).
+    return _step_at_typed(x, h, layer, h_new, w_ih_at, w_hh_at, b_ih_at,
+                          b_hh_at, I, H, reset_after, check, run)
 
 
 @njit(parallel=True, **_JIT)
-def _cell_parallel(x, w_ih, w_hh, b_ih, b_hh, h, reset_after, h_new, block):
-    # same shapes as _cell_serial; block: samples per parallel task
-    B, H = h.shape
+def _step_at_parallel(x, h, layer, h_new, w_ih_at, w_hh_at, b_ih_at,
+                      b_hh_at, I, H, reset_after, block):
+    # _step_at's work as parallel tasks of `block` samples, once
+    # _step_at(..., run=False) accepted the arrays
+    w_ih = numba.carray(_pointer_like(w_ih_at, h_new), (3 * H, I))
+    w_hh = numba.carray(_pointer_like(w_hh_at, h_new), (3 * H, H))
+    b_ih = numba.carray(_pointer_like(b_ih_at, h_new), 3 * H)
+    b_hh = numba.carray(_pointer_like(b_hh_at, h_new), 3 * H)
+    B = x.shape[0]
     n_blocks = (B + block - 1) // block
     for ib in prange(n_blocks):
-        b0 = ib * block
-        rh = np.empty(H if not reset_after else 1, h.dtype)
-        _cell_rows(x, w_ih, w_hh, b_ih, b_hh, h, reset_after, h_new, rh, b0,
-                   min(B, b0 + block))
+        _step_samples(x, w_ih, w_hh, b_ih, b_hh, h, layer, reset_after,
+                      h_new, ib * block, min(B, ib * block + block))
 
 
 # ---------------------------------------------------------------------------
@@ -1968,6 +2228,123 @@ def _chunk_steps(B, T):
 _SERIAL_BATCH = 4   # batches up to this size run without parallel overhead
 
 
+class _StepWeights:
+    """Where :func:`step_forward` finds the weights, and what it found there.
+
+    ``params`` and the names say where the weights are. ``state`` holds
+    what was found there when last checked, replaced as a whole so that
+    concurrent steps see either the old or the new one: the arrays (which
+    it keeps alive) in the order of the names, then, if they suit the
+    kernels, their dtype, the hidden size and, per layer, the addresses of
+    ``w_ih``, ``w_hh``, ``b_ih``, ``b_hh`` and the layer's input and hidden
+    sizes as :func:`_step_at` takes them (None otherwise). The kernels read
+    the weights through these addresses, so changes made in place are seen.
+    """
+
+    __slots__ = ("params", "getter", "n_layers", "bias", "state")
+
+    def __init__(self, params, weight_names, bias_names):
+        names = list(weight_names) + list(bias_names or ())
+        self.params = params
+        self.getter = operator.itemgetter(*names)
+        self.n_layers = len(weight_names) // 2
+        self.bias = bias_names is not None
+        self.state = (None, None, 0, None)
+
+    def check(self, sources):
+        """Check the arrays ``sources`` (in the order of the names) and
+        return the new state."""
+        self.state = state = (sources,) + self._layers(sources)
+        return state
+
+    def _layers(self, sources):
+        # (dtype, H, per-layer kernel arguments), or (None, 0, None)
+        unfit = (None, 0, None)
+        n_layers = self.n_layers
+        weights = sources[:2 * n_layers]
+        if self.bias:
+            biases = sources[2 * n_layers:]
+        else:
+            w_hh = weights[1]
+            if type(w_hh) is not np.ndarray or w_hh.ndim != 2:
+                return unfit
+            biases = _zeros_for(n_layers, w_hh.shape[1], w_hh.dtype)
+        arrays = []
+        for layer in range(n_layers):
+            arrays += [weights[2 * layer], weights[2 * layer + 1],
+                       biases[2 * layer], biases[2 * layer + 1]]
+        if not all(type(a) is np.ndarray for a in arrays):
+            return unfit
+        dtype = arrays[0].dtype
+        if (dtype not in (np.float32, np.float64) or not dtype.isnative
+                or arrays[0].ndim != 2 or arrays[1].ndim != 2):
+            return unfit
+        I = arrays[0].shape[1]
+        H = arrays[1].shape[1]
+        for k, a in enumerate(arrays):
+            if k % 4 < 2:
+                shape = (3 * H, H if k % 4 == 1 or k >= 4 else I)
+            else:
+                shape = (3 * H,)
+            if (a.dtype != dtype or a.shape != shape
+                    or not a.flags.c_contiguous or a.size == 0):
+                return unfit
+        # the zero biases are kept alive by _zero_biases
+        layers = tuple(
+            tuple(a.__array_interface__["data"][0]
+                  for a in arrays[4 * layer:4 * layer + 4])
+            + (I if layer == 0 else H, H)
+            for layer in range(n_layers))
+        return np.dtype(dtype.type), H, layers
+
+
+def step_prepare(params, weight_names, bias_names=None):
+    """Describe the weights of a stack of layers for :func:`step_forward`.
+
+    See the step entry points in :mod:`numgru._reference`.
+
+    Parameters
+    ----------
+    params : dict of str to ndarray
+        Holds the weights.
+    weight_names : sequence of 2L str
+        Keys of ``w_ih`` and ``w_hh`` of each layer in turn.
+    bias_names : sequence of 2L str, default=None
+        Keys of ``b_ih`` and ``b_hh`` of each layer in turn; None for zero
+        biases.
+
+    Returns
+    -------
+    prepared : object
+        What :func:`step_forward` takes.
+    """
+    n_layers = len(weight_names) // 2
+    if (n_layers < 1 or len(weight_names) != 2 * n_layers
+            or (bias_names is not None and len(bias_names) != 2 * n_layers)):
+        raise ValueError("step_prepare needs two weight names (and two bias "
+                         "names) per layer")
+    return _StepWeights(params, weight_names, bias_names)
+
+
+def _run_layer(x, h, layer, h_new, layers, reset_after, n_threads, check):
+    """One layer of a step, in parallel when it is large enough; False
+    (nothing written) when _step_at does not accept the arrays. ``layers``
+    holds the weights' arguments of every layer (see _StepWeights)."""
+    args = layers[layer]
+    B = len(x)
+    I, H = args[4], args[5]
+    if (B > _SERIAL_BATCH and n_threads > 1
+            and B * H * (I + H) >= _SERIAL_WORK):
+        if not _step_at(x, h, layer, h_new, *args, reset_after, check,
+                        False):
+            return False
+        with _Run(n_threads) as run:
+            _step_at_parallel(x, h, layer, h_new, *args, reset_after,
+                              _block_size(B, H, run.n))
+        return True
+    return _step_at(x, h, layer, h_new, *args, reset_after, check, True)
+
+
 def cell_forward(x, w_ih, w_hh, b_ih, b_hh, h, reset_after, h_new,
                  n_threads=1):
     """One step of one GRU layer (a GRU cell) for a batch.
@@ -1987,18 +2364,117 @@ def cell_forward(x, w_ih, w_hh, b_ih, b_hh, h, reset_after, h_new,
     reset_after : bool
         PyTorch / cuDNN form (True) or the original Cho et al. form (False).
     h_new : ndarray of shape (B, H)
-        Written: the new state. Equal to what :func:`layer_forward` gives
-        for a one-step sequence up to rounding (the sums run in another
-        fixed order); a sample's result does not depend on the batch or the
-        thread count.
+        Written: the new state, as :func:`step_forward` computes it. Equal
+        to what :func:`layer_forward` gives for a one-step sequence up to
+        rounding (the sums run in another fixed order); a sample's result
+        does not depend on the batch or the thread count.
     n_threads : int, default=1
         Threads to use when the batch is large enough to split.
+
+    Raises
+    ------
+    ValueError
+        If the arrays' shapes, dtypes or layouts do not fit together.
     """
     B, H = h.shape
-    if B <= _SERIAL_BATCH or n_threads <= 1 or B * H * (
-            x.shape[1] + H) < _SERIAL_WORK:
-        _cell_serial(x, w_ih, w_hh, b_ih, b_hh, h, bool(reset_after), h_new)
+    if B == 0:
         return
-    with _Run(n_threads) as run:
-        _cell_parallel(x, w_ih, w_hh, b_ih, b_hh, h, bool(reset_after), h_new,
-                       _block_size(B, H, run.n))
+    state = _StepWeights(None, ("w_ih", "w_hh"), ("b_ih", "b_hh")).check(
+        (w_ih, w_hh, b_ih, b_hh))
+    if state[3] is None or not _run_layer(
+            x, h.reshape(1, B, H), 0, h_new.reshape(1, B, H), state[3],
+            bool(reset_after), n_threads, 0):
+        raise ValueError(
+            f"cell_forward: arrays that do not fit together: x {x.shape} "
+            f"{x.dtype}, w_ih {w_ih.shape} {w_ih.dtype}, w_hh {w_hh.shape} "
+            f"{w_hh.dtype}, b_ih {b_ih.shape} {b_ih.dtype}, b_hh "
+            f"{b_hh.shape} {b_hh.dtype}, h {h.shape} {h.dtype}, h_new "
+            f"{h_new.shape} {h_new.dtype} (C-contiguous float arrays of one "
+            f"dtype expected)")
+
+
+_zero_biases = {}
+
+
+def _zeros_for(n_layers, H, dtype):
+    """(b_ih, b_hh) of every layer as zeros, kept between calls (never
+    written)."""
+    key = (n_layers, H, dtype)
+    zeros = _zero_biases.get(key)
+    if zeros is None:
+        zeros = _zero_biases[key] = (np.zeros(3 * H, dtype),) * (2 * n_layers)
+    return zeros
+
+
+def step_forward(x, h, prepared, reset_after, n_threads=None):
+    """Advance a stack of unidirectional GRU layers by one step.
+
+    The fast path of :meth:`numgru.GRU.step`; see the step entry points in
+    :mod:`numgru._reference` for what it accepts and computes.
+
+    Parameters
+    ----------
+    x : ndarray of shape (B, I)
+        Input at this step.
+    h : ndarray of shape (L, B, H) or None
+        State of every layer before the step; zeros when None.
+    prepared : object
+        From :func:`step_prepare`.
+    reset_after : bool
+        PyTorch / cuDNN form (True) or the original Cho et al. form (False).
+    n_threads : int or None, default=None
+        Threads for large batches; None for :func:`numgru.get_num_threads`.
+
+    Returns
+    -------
+    h_new : ndarray of shape (L, B, H) or None
+        State after the step, or None (nothing computed) for arrays not in
+        the expected form.
+    """
+    try:
+        sources = prepared.getter(prepared.params)
+    except (KeyError, TypeError):
+        return None
+    state = prepared.state
+    try:
+        # tuples compare their items by identity first: the same arrays are
+        # equal at once; any other array makes numpy compare values and
+        # raise, its result having several elements
+        same = sources == state[0]
+    except ValueError:
+        same = False
+    if not same:
+        state = prepared.check(sources)
+    _, dtype, hidden, layers = state
+    if layers is None:
+        return None
+    # the dtype object first: most arrays share numpy's own
+    if (type(x) is not np.ndarray or (x.dtype is not dtype and x.dtype != dtype)
+            or x.ndim != 2):
+        return None
+    n_layers = len(layers)
+    if h is None:
+        h = np.zeros((n_layers, len(x), hidden), dtype)
+    elif (type(h) is not np.ndarray
+            or (h.dtype is not dtype and h.dtype != dtype) or h.ndim != 3
+            or len(h) != n_layers):
+        return None
+    h_new = np.empty(h.shape, dtype)
+    reset_after = bool(reset_after)
+    if len(x) <= _SERIAL_BATCH:
+        n_threads = 1
+    elif n_threads is None:
+        from ._threads import get_num_threads
+        n_threads = get_num_threads()
+    if n_layers == 1 and n_threads <= 1:
+        # the streaming case, without the checks of _run_layer
+        if _step_at(x, h, 0, h_new, *layers[0], reset_after, 2, True):
+            return h_new
+        return None
+    if not _run_layer(x, h, 0, h_new, layers, reset_after, n_threads, 2):
+        return None
+    for layer in range(1, n_layers):
+        if not _run_layer(h_new[layer - 1], h, layer, h_new, layers,
+                          reset_after, n_threads, 1):
+            return None
+    return h_new

@@ -26,6 +26,28 @@ Shapes (B samples, T steps, I inputs, H hidden units)::
 A sample's steps run 0 .. lengths[b]-1, or lengths[b]-1 .. 0 when
 ``reverse`` is true (PyTorch packed-sequence semantics). ``h_prev`` is h0 for
 the first processed step, else the output at the previously processed step.
+
+The compiled backends also offer a fast path for :meth:`numgru.GRU.step`,
+one step of a stack of L unidirectional layers (this module does not; the
+engine then runs ``cell_forward`` layer by layer):
+
+``step_prepare(params, weight_names, bias_names=None)``
+    Says where the weights are: the dict ``params`` and the keys of
+    ``w_ih`` and ``w_hh`` of each layer in turn (2L names), and of ``b_ih``
+    and ``b_hh`` (2L names, or None for zero biases). ``step_forward`` looks
+    the arrays up at every call, so replaced arrays and changes made in place
+    are seen.
+``step_forward(x, h, prepared, reset_after, n_threads=None)``
+    ``x`` (B, I), ``h`` (L, B, H) or None for zeros; returns the new state
+    (L, B, H), or None with nothing computed unless every array is a
+    C-contiguous ``numpy.ndarray`` of the native float32 or float64 dtype
+    (one for all) with these shapes and ``x`` and ``h`` hold no NaN or
+    infinity, so that the caller can validate, convert and call again.
+    ``n_threads`` None means :func:`numgru.get_num_threads`. Every gate
+    pre-activation is a dot product over one row of the weights, summed in
+    an order fixed by the code: a sample's result does not depend on the
+    batch or the thread count, and agrees with one step of
+    ``layer_forward`` to rounding.
 """
 
 import numpy as np
