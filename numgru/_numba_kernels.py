@@ -2009,17 +2009,21 @@ def _block_size(B, H, n_threads):
 
 _SERIAL_WORK = 1 << 17   # B * H * (I + H) below this: one step is too little
                          # work to share between threads
-_SERIAL_TOTAL = 1 << 21  # B * T * H * (I + H) below this: run serially
+_SERIAL_TOTAL = 1 << 20  # B * T * H * (I + H) below this: run serially
+_SERIAL_CHUNK = 1 << 22  # B * TC * H * (I + H) below this: the backward, which
+                         # opens two parallel regions per chunk of TC steps,
+                         # runs serially
 
 
-def _serial(B, T, I, H, n_threads):
+def _serial(B, T, I, H, n_threads, backward=False):
     """Whether a layer call runs without a parallel region (same bits)."""
     if n_threads <= 1 or B < 2:
         return True
     if -(-B // _block_size(B, H, n_threads)) < 2:
         return True
-    return (B * H * (I + H) < _SERIAL_WORK
-            and B * T * H * (I + H) < _SERIAL_TOTAL)
+    if backward:
+        return B * _chunk_steps(B, T) * H * (I + H) < _SERIAL_CHUNK
+    return B * H * (I + H) < _SERIAL_WORK and B * T * H * (I + H) < _SERIAL_TOTAL
 
 
 class _Run:
@@ -2198,7 +2202,7 @@ def layer_backward(x, w_ih, w_hh, h0, lengths, reverse, reset_after, out,
             gates.reshape(B * T, 4 * H), d_out.reshape(B * T, H), dh, dh_new,
             d_rh, x.reshape(B * T, I), d_x.reshape(B * T, I), chunks, dgi_c,
             dghn_c, hp_c, hin_c, d_w_ih, d_w_hh, d_b_ih, d_b_hh)
-    if _serial(B, T, I, H, n_threads):
+    if _serial(B, T, I, H, n_threads, backward=True):
         _backward_kernel_serial(*args, _block_size(B, H, 1))
     else:
         with _Run(n_threads) as run:

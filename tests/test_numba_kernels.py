@@ -88,7 +88,7 @@ def test_float64_larger_shapes(reset_after, reverse):
 
 
 @pytest.mark.parametrize("reset_after, reverse", [(True, False), (False, True)])
-def test_float64_long_sequences_in_chunks(reset_after, reverse):
+def test_float64_long_sequences_in_chunks(reset_after, reverse, monkeypatch):
     # the kernels hold work arrays for chunks of steps: several chunks here,
     # with samples ending inside, at and before chunk boundaries
     B, T = 6, 300
@@ -98,6 +98,9 @@ def test_float64_long_sequences_in_chunks(reset_after, reverse):
     p["lengths"][1:4] = [nk._chunk_steps(B, T), 1, T - 1]
     want = run(ref, p, reverse, reset_after)
     one = run(nk, p, reverse, reset_after, n_threads=1)
+    for name in ("_SERIAL_WORK", "_SERIAL_TOTAL", "_SERIAL_CHUNK"):
+        monkeypatch.setattr(nk, name, 0)   # parallel forward and backward
+    assert not nk._serial(B, T, 4, 64, 2, backward=True)
     two = run(nk, p, reverse, reset_after, n_threads=2)
     for name in want:
         np.testing.assert_allclose(two[name], want[name], rtol=0, atol=1e-10,
@@ -241,9 +244,9 @@ def test_cell_forward_is_one_step(reset_after, B, I, H, dtype):
 def test_serial_and_parallel_paths_agree(B, monkeypatch):
     # the serial path (small work) and the parallel one give the same bits
     p = make_problem(B, 7, 5, 24, np.float32, True, seed=6)
-    monkeypatch.setattr(nk, "_serial", lambda *a: False)
+    monkeypatch.setattr(nk, "_serial", lambda *a, **k: False)
     par = run(nk, p, True, True, n_threads=2)
-    monkeypatch.setattr(nk, "_serial", lambda *a: True)
+    monkeypatch.setattr(nk, "_serial", lambda *a, **k: True)
     ser = run(nk, p, True, True, n_threads=2)
     for name in par:
         assert np.array_equal(par[name], ser[name]), name
