@@ -934,12 +934,15 @@ def main(argv=None):
         sections += [
             "", "## Memory of a train step", "",
             "Peak RSS growth: growth of the process's peak resident set size "
-            "during one forward+backward, model and inputs already allocated, "
-            "in a fresh process (sees every allocation, including Numba's). "
-            "tracemalloc peak: what numpy allocations tracemalloc saw during the "
-            "same step (misses arrays allocated inside compiled Numba code and "
-            "PyTorch's tensors). Activations kept: outputs and four gate values "
-            "per step.", "", memory_table(memory_results)]
+            "during a second forward+backward, model and inputs already "
+            "allocated, in a fresh process (sees every allocation, including "
+            "Numba's). RSS kept after a first step: what the first step of that "
+            "shape left resident (compiled code loaded, thread pools started, "
+            "work arrays an engine keeps between calls). tracemalloc peak: what "
+            "numpy allocations tracemalloc saw during a third step (misses "
+            "arrays allocated inside compiled Numba code and PyTorch's tensors). "
+            "Activations kept: outputs and four gate values per step.", "",
+            memory_table(memory_results)]
 
     if not args.skip_startup:
         startup_results = {}
