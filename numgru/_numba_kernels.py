@@ -2010,7 +2010,7 @@ def _block_size(B, H, n_threads):
 _SERIAL_WORK = 1 << 17   # B * H * (I + H) below this: one step is too little
                          # work to share between threads
 _SERIAL_TOTAL = 1 << 20  # B * T * H * (I + H) below this: run serially
-_SERIAL_CHUNK = 1 << 22  # B * TC * H * (I + H) below this: the backward, which
+_SERIAL_CHUNK = 1 << 20  # B * TC * H * (I + H) below this: the backward, which
                          # opens two parallel regions per chunk of TC steps,
                          # runs serially
 
