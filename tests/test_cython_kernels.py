@@ -7,6 +7,8 @@ import pytest
 
 ck = pytest.importorskip("numgru._cython_kernels")
 from numgru import _reference as ref  # noqa: E402
+from kernel_runs import backward_layer as run_backward  # noqa: E402
+from kernel_runs import forward_layer as run_forward  # noqa: E402
 
 B, T, I, H = 7, 6, 3, 5
 GRID = list(itertools.product([True, False], [False, True], [False, True]))
@@ -38,38 +40,6 @@ def make_problem(B, T, I, H, dtype, varied, seed=0):
         lengths = np.full(B, T)
     p["lengths"] = lengths.astype(np.int64)
     return p
-
-
-def run_forward(mod, p, reverse, reset_after, n_threads=1, keep_gates=True):
-    B, T, _ = p["x"].shape
-    H = p["w_hh"].shape[1]
-    dtype = p["x"].dtype
-    out = np.full((B, T, H), np.nan, dtype=dtype)
-    h_last = np.full((B, H), np.nan, dtype=dtype)
-    shape = (B, T, 4 * H) if keep_gates else (0, 0, 0)
-    gates = np.full(shape, np.nan, dtype=dtype)
-    mod.layer_forward(p["x"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
-                      p["h0"], p["lengths"], reverse, reset_after, out, h_last,
-                      gates, n_threads=n_threads)
-    return {"out": out, "h_last": h_last, "gates": gates}
-
-
-def run_backward(mod, p, fwd, reverse, reset_after, n_threads=1):
-    dtype = p["x"].dtype
-    g = {
-        "d_x": np.full(p["x"].shape, np.nan, dtype=dtype),
-        "d_h0": np.full(p["h0"].shape, np.nan, dtype=dtype),
-        "d_w_ih": np.full(p["w_ih"].shape, np.nan, dtype=dtype),
-        "d_w_hh": np.full(p["w_hh"].shape, np.nan, dtype=dtype),
-        "d_b_ih": np.full(p["b_ih"].shape, np.nan, dtype=dtype),
-        "d_b_hh": np.full(p["b_hh"].shape, np.nan, dtype=dtype),
-    }
-    mod.layer_backward(p["x"], p["w_ih"], p["w_hh"], p["h0"], p["lengths"],
-                       reverse, reset_after, fwd["out"], fwd["gates"],
-                       p["d_out"], p["d_h_last"], g["d_x"], g["d_h0"],
-                       g["d_w_ih"], g["d_w_hh"], g["d_b_ih"], g["d_b_hh"],
-                       n_threads=n_threads)
-    return g
 
 
 def both(mod, p, reverse, reset_after, n_threads=1):

@@ -10,6 +10,7 @@ numba = pytest.importorskip("numba")
 
 from numgru import _reference as ref  # noqa: E402
 from numgru import _numba_kernels as nk  # noqa: E402
+from kernel_runs import backward_layer, forward_layer  # noqa: E402
 
 
 def make_problem(B, T, I, H, dtype, varied, seed=0):
@@ -35,32 +36,12 @@ def make_problem(B, T, I, H, dtype, varied, seed=0):
 
 
 def run(mod, p, reverse, reset_after, n_threads=1, keep_gates=True):
-    B, T, I = p["x"].shape
-    H = p["w_hh"].shape[1]
-    dt = p["x"].dtype
-    out = np.full((B, T, H), 7, dt)
-    h_last = np.full((B, H), 7, dt)
-    gates = np.full((B, T, 4 * H), 7, dt)
-    mod.layer_forward(p["x"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
-                      p["h0"], p["lengths"], reverse, reset_after, out, h_last,
-                      gates if keep_gates else np.empty((0, 0, 0), dt),
-                      n_threads=n_threads)
-    res = dict(out=out, h_last=h_last)
+    fwd = forward_layer(mod, p, reverse, reset_after, n_threads, keep_gates,
+                        fill=7)
     if not keep_gates:
-        return res
-    res["gates"] = gates
-    grads = dict(d_x=np.full_like(p["x"], 7), d_h0=np.full_like(p["h0"], 7),
-                 d_w_ih=np.full_like(p["w_ih"], 7),
-                 d_w_hh=np.full_like(p["w_hh"], 7),
-                 d_b_ih=np.full_like(p["b_ih"], 7),
-                 d_b_hh=np.full_like(p["b_hh"], 7))
-    mod.layer_backward(p["x"], p["w_ih"], p["w_hh"], p["h0"], p["lengths"],
-                       reverse, reset_after, out, gates, p["d_out"],
-                       p["d_h_last"], grads["d_x"], grads["d_h0"],
-                       grads["d_w_ih"], grads["d_w_hh"], grads["d_b_ih"],
-                       grads["d_b_hh"], n_threads=n_threads)
-    res.update(grads)
-    return res
+        return {"out": fwd["out"], "h_last": fwd["h_last"]}
+    return dict(fwd, **backward_layer(mod, p, fwd, reverse, reset_after,
+                                      n_threads, fill=7))
 
 
 GRID = list(itertools.product([True, False], [False, True], [False, True]))
