@@ -250,7 +250,8 @@ _VECTOR_BYTES = _vector_bytes()
 
 
 class _Vector(types.Type):
-    """``count`` values of the float type ``dtype`` in one SIMD register."""
+    """``count`` values of the float type ``dtype`` as one LLVM vector (one
+    SIMD register at the width _vector_of picks; the step uses 64 bytes)."""
 
     def __init__(self, dtype, count):
         self.dtype = dtype
@@ -274,18 +275,23 @@ def _is_float_matrix(a):
             and isinstance(a.dtype, types.Float))
 
 
-def _vector_pointer(context, builder, aryty, ary, indices, vecty):
-    # address of ary[indices] as a pointer to a vector; indices is a list of
-    # (value, Numba type) pairs, and the caller guarantees that the last axis
-    # is contiguous and holds the whole vector from there
+def _item_pointer(context, builder, aryty, ary, indices):
+    # address of ary[indices]; indices is a list of (value, Numba type)
+    # pairs, in bounds and not negative
     arr = context.make_array(aryty)(context, builder, ary)
     inds = [context.cast(builder, value, ty, types.intp)
             for value, ty in indices]
-    ptr = cgutils.get_item_pointer2(
+    return cgutils.get_item_pointer2(
         context, builder, data=arr.data,
         shape=cgutils.unpack_tuple(builder, arr.shape),
         strides=cgutils.unpack_tuple(builder, arr.strides),
         layout=aryty.layout, inds=inds)
+
+
+def _vector_pointer(context, builder, aryty, ary, indices, vecty):
+    # address of ary[indices] as a pointer to a vector; the caller guarantees
+    # that the last axis is contiguous and holds the whole vector from there
+    ptr = _item_pointer(context, builder, aryty, ary, indices)
     return builder.bitcast(ptr, context.get_value_type(vecty).as_pointer())
 
 
@@ -338,7 +344,7 @@ def _vfma(typingctx, s, b, c):
 @intrinsic
 def _lanes(typingctx, a):
     """Values per vector for the dtype of the array ``a`` (a constant)."""
-    if not _is_float_matrix(a):
+    if not (_is_float_matrix(a) or _is_float_vector(a)):
         return None
     count = _vector_of(a.dtype).count
 
@@ -379,18 +385,6 @@ def _vstore1(typingctx, a, j, v):
         builder.store(args[2], ptr, align=a.dtype.bitwidth // 8)
         return context.get_dummy_value()
     return types.none(a, j, v), codegen
-
-
-@intrinsic
-def _lanes1(typingctx, a):
-    """Values per vector for the dtype of the 1-D array ``a`` (a constant)."""
-    if not _is_float_vector(a):
-        return None
-    count = _vector_of(a.dtype).count
-
-    def codegen(context, builder, signature, args):
-        return context.get_constant(types.intp, count)
-    return types.intp(a), codegen
 
 
 def _vector_operands(a, b):
@@ -1046,7 +1040,7 @@ def _outer_acc(A, acol, X, xk0, nk, ra, rx, nrows, D, j0, j1, dk0, db):
 # One step, elementwise part (one sample)
 # ---------------------------------------------------------------------------
 #
-# Each function runs over j in vectors of L = _lanes1(h) values, then one
+# Each function runs over j in vectors of L = _lanes(h) values, then one
 # value at a time for the H % L left; both evaluate the same expressions
 # (shared value functions, no fused multiply-add), so a value does not
 # depend on which of the two loops computed it.
@@ -1072,7 +1066,7 @@ def _step_after(gi, gh, h, h_new, g, H):
     # gi (3H,) input projection + b_ih    gh (3H,) W_hh h + b_hh
     # h (H,) previous state   h_new (H,) written   g (4H,) written [r, z, n, hn]
     one = _unit(h[0])
-    L = _lanes1(h)
+    L = _lanes(h)
     j = 0
     while j + L <= H:
         hn = _vload1(gh, 2 * H + j)
@@ -1101,7 +1095,7 @@ def _step_after(gi, gh, h, h_new, g, H):
 def _step_before_rz(gi, gh, h, rh, g, H):
     # gi (3H,)   gh (>= 2H,) W_hr h + b_hr, W_hz h + b_hz   h (H,)
     # rh (H,) written r * h   g (4H,) written [r, z, ., .]
-    L = _lanes1(h)
+    L = _lanes(h)
     j = 0
     while j + L <= H:
         r = _sigmoid(_vload1(gi, j) + _vload1(gh, j))
@@ -1128,7 +1122,7 @@ def _step_before_n(gi, gh, h, h_new, g, H):
     # gi (3H,)   gh (3H,) with gh[2H:] = W_hn (r * h) + b_hn   h (H,)
     # h_new (H,) written   g (4H,) [r, z] read, [n, hn] written
     one = _unit(h[0])
-    L = _lanes1(h)
+    L = _lanes(h)
     j = 0
     while j + L <= H:
         hn = _vload1(gh, 2 * H + j)
@@ -1164,7 +1158,7 @@ def _step_back_after(g, h, dh, d_out, dh_new, dgi, dghn, H):
     # written: dh_new (H,) = dh' * z (the W_hh^T term is added by the caller)
     #          dgi (3H,) = [da_r, da_z, da_n]   dghn (H,) = da_n * r
     one = _unit(h[0])
-    L = _lanes1(h)
+    L = _lanes(h)
     j = 0
     while j + L <= H:
         a_r, a_z, a_n, a_hn, d = _back_after_values(
@@ -1202,7 +1196,7 @@ def _step_back_before_zn(g, h, dh, d_out, dh_new, dgi, H):
     # written: dh_new (H,) = dh' (finished by _step_back_before_r)
     #          dgi[H:3H] = [da_z, da_n]
     one = _unit(h[0])
-    L = _lanes1(h)
+    L = _lanes(h)
     j = 0
     while j + L <= H:
         dhj = _vload1(dh, j) + _vload1(d_out, j)
@@ -1232,7 +1226,7 @@ def _step_back_before_r(g, h, d_rh, dh_new, dgi, hin, H):
     # dh_new (H,) in: dh', out: dh' * z + d_rh * r
     # written: dgi[:H] = da_r   hin (H,) = r * h
     one = _unit(h[0])
-    L = _lanes1(h)
+    L = _lanes(h)
     j = 0
     while j + L <= H:
         a_r, d, rh = _back_r_values(_vload1(g, j), _vload1(g, H + j),
@@ -1623,21 +1617,9 @@ def _backward_kernel_serial(w_ih_p, w_hh_p, h0, lengths, T, reverse,
 # kernel is compiled into. The Cython backend's step uses the same order.
 
 
-class _Lanes(types.Type):
-    """The lanes of a step dot product: 64 bytes of the float type ``dtype``."""
-
-    def __init__(self, dtype):
-        self.dtype = dtype
-        self.count = 64 // (dtype.bitwidth // 8)
-        super().__init__(name=f"numgru_step_lanes({dtype} x {self.count})")
-
-
-@register_model(_Lanes)
-class _LanesModel(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):
-        element = dmm.lookup(fe_type.dtype).get_value_type()
-        super().__init__(dmm, fe_type,
-                         ll_ir.VectorType(element, fe_type.count))
+def _step_lanes(dtype):
+    """The lanes of a step dot product: a vector of 64 bytes of ``dtype``."""
+    return _Vector(dtype, 64 // (dtype.bitwidth // 8))
 
 
 def _is_step_matrix(a):
@@ -1646,24 +1628,12 @@ def _is_step_matrix(a):
             and isinstance(a.dtype, types.Float))
 
 
-def _element_pointer(context, builder, aryty, ary, i, ity, j, jty):
-    # address of ary[i, j] (indices in bounds, not negative)
-    arr = context.make_array(aryty)(context, builder, ary)
-    inds = [context.cast(builder, i, ity, types.intp),
-            context.cast(builder, j, jty, types.intp)]
-    return cgutils.get_item_pointer2(
-        context, builder, data=arr.data,
-        shape=cgutils.unpack_tuple(builder, arr.shape),
-        strides=cgutils.unpack_tuple(builder, arr.strides),
-        layout=aryty.layout, inds=inds)
-
-
 @intrinsic
 def _lanes_count(typingctx, a):
     """Lanes per step vector for the dtype of the array ``a`` (a constant)."""
     if not _is_step_matrix(a):
         return None
-    count = _Lanes(a.dtype).count
+    count = _step_lanes(a.dtype).count
 
     def codegen(context, builder, signature, args):
         return context.get_constant(types.intp, count)
@@ -1675,7 +1645,7 @@ def _lanes_zero(typingctx, a):
     """Lanes of zeros, of the dtype of the array ``a``."""
     if not _is_step_matrix(a):
         return None
-    lanes = _Lanes(a.dtype)
+    lanes = _step_lanes(a.dtype)
 
     def codegen(context, builder, signature, args):
         return ll_ir.Constant(context.get_value_type(lanes), None)
@@ -1688,11 +1658,11 @@ def _lanes_load(typingctx, a, i, j):
     if not (_is_step_matrix(a) and isinstance(i, types.Integer)
             and isinstance(j, types.Integer)):
         return None
-    lanes = _Lanes(a.dtype)
+    lanes = _step_lanes(a.dtype)
 
     def codegen(context, builder, signature, args):
-        ptr = _element_pointer(context, builder, a, args[0], args[1], i,
-                               args[2], j)
+        ptr = _item_pointer(context, builder, a, args[0],
+                            [(args[1], i), (args[2], j)])
         vecty = context.get_value_type(lanes)
         return builder.load(builder.bitcast(ptr, vecty.as_pointer()),
                             align=a.dtype.bitwidth // 8)
@@ -1705,7 +1675,7 @@ def _lanes_load_tail(typingctx, a, i, j, n):
     if not (_is_step_matrix(a) and all(isinstance(t, types.Integer)
                                        for t in (i, j, n))):
         return None
-    lanes = _Lanes(a.dtype)
+    lanes = _step_lanes(a.dtype)
 
     def codegen(context, builder, signature, args):
         vecty = context.get_value_type(lanes)
@@ -1718,9 +1688,10 @@ def _lanes_load_tail(typingctx, a, i, j, n):
             col = builder.add(start, ll_ir.Constant(intp, lane))
             inside = builder.icmp_signed("<", col, stop)
             # read a column that exists (j itself) when past the end
-            ptr = _element_pointer(context, builder, a, args[0], args[1], i,
-                                   builder.select(inside, col, start),
-                                   types.intp)
+            ptr = _item_pointer(
+                context, builder, a, args[0],
+                [(args[1], i), (builder.select(inside, col, start),
+                                types.intp)])
             value = builder.select(inside, builder.load(ptr), zero)
             out = builder.insert_element(
                 out, value, ll_ir.Constant(ll_ir.IntType(32), lane))
@@ -1731,7 +1702,7 @@ def _lanes_load_tail(typingctx, a, i, j, n):
 @intrinsic
 def _lanes_fma(typingctx, a, b, c):
     """a * b + c lane by lane, rounded once (llvm.fma)."""
-    if not (isinstance(a, _Lanes) and a == b and a == c):
+    if not (isinstance(a, _Vector) and a == b and a == c):
         return None
 
     def codegen(context, builder, signature, args):
@@ -1780,7 +1751,7 @@ def _tree_sums(builder, vectors, count):
 @intrinsic
 def _lanes_sum4(typingctx, c0, c1, c2, c3):
     """The tree sums of four lane vectors, as a 4-tuple."""
-    if not (isinstance(c0, _Lanes) and c0 == c1 and c0 == c2 and c0 == c3):
+    if not (isinstance(c0, _Vector) and c0 == c1 and c0 == c2 and c0 == c3):
         return None
     tuple_type = types.UniTuple(c0.dtype, 4)
 
