@@ -13,9 +13,11 @@ block size, the batch size or the sample's position in the batch: matrix
 products accumulate over their inner index in ascending order, one element at
 a time (vector lanes never combine), with the same multiply-add in vector and
 scalar code, and the compiler is not allowed to contract other expressions
-into fused multiply-adds. Weight and bias gradients are owned column by
-column by one work item and summed over samples, then steps, in ascending
-order. :func:`cell_forward` reads the weights as they are (no packing) and
+into fused multiply-adds. The backward pass runs in chunks of steps (see
+:mod:`numgru._chunks`), so its work arrays hold one chunk, not the whole
+sequence. Weight and bias gradients are owned column by column by one work
+item and summed chunk by chunk (last steps first), within a chunk over
+samples, then steps in ascending time order. :func:`cell_forward` reads the weights as they are (no packing) and
 gives the same bits as one step of :func:`layer_forward`.
 
 ``OPENMP_ENABLED`` tells whether the module was built with OpenMP; without
@@ -36,6 +38,8 @@ from cython.parallel cimport prange
 import os
 
 import numpy as np
+
+from ._chunks import chunk_steps, step_chunks
 
 __all__ = ["layer_forward", "layer_backward", "cell_forward",
            "step_prepare", "step_forward", "OPENMP_ENABLED", "SIMD_LEVEL"]
@@ -1050,13 +1054,19 @@ cdef struct _Args:
     Py_ssize_t H
     bint reverse
     bint reset_after
-    bint full
+    Py_ssize_t s_lo          # backward: the chunk of steps s_lo .. s_hi-1
+    Py_ssize_t s_hi
+    bint first               # its first and last chunks
+    bint last
+    const Py_ssize_t *row0   # each sample's first row in the chunk arrays
+    Py_ssize_t n_rows        # rows in the chunk arrays
     const void *d_out
     const void *d_h_last
     void *d_h0
     void *d_gi
     void *aux
     void *h_in
+    void *x_c
     void *d_x
     void *dwihT
     void *dwhhT
@@ -2322,22 +2332,35 @@ def step_forward(x, h, _StepWeights prepared, bint reset_after,
 
 # ---------------------------------------------------------------------------
 # backward
+#
+# The steps are processed in chunks, last chunk first (numgru._chunks): the
+# recurrence over one chunk for every sample block, then that chunk's terms
+# of the weight gradients. A chunk's rows (one per valid sample step) are
+# stored sample by sample, each sample's steps in ascending time order from
+# row row0[b], so that a sample's rows of x and of the chunk arrays line up.
 
 cdef void _backward_block(
-        const floating *w_hh, const floating *h0, const int64_t *lengths,
-        Py_ssize_t b_start, Py_ssize_t b_stop, Py_ssize_t T, Py_ssize_t H,
-        bint reverse, bint reset_after, const floating *out,
-        const floating *gates, const floating *d_out,
-        const floating *d_h_last, floating *d_h0, floating *d_gi,
-        floating *d_ghn, floating *h_in, floating *rh_in,
+        const floating *x, const floating *w_ih, const floating *w_hh,
+        const floating *h0, const int64_t *lengths, Py_ssize_t b_start,
+        Py_ssize_t b_stop, Py_ssize_t T, Py_ssize_t I, Py_ssize_t H,
+        bint reverse, bint reset_after, Py_ssize_t s_lo, Py_ssize_t s_hi,
+        bint first, bint last, const Py_ssize_t *row0,
+        const floating *out, const floating *gates, const floating *d_out,
+        const floating *d_h_last, floating *d_h0, floating *d_x,
+        floating *d_gi, floating *aux, floating *h_in, floating *x_c,
         floating *work, Py_ssize_t *iwork) noexcept nogil:
-    # w_hh (3H, H), h0 (B, H), lengths (B,), out (B, T, H),
-    # gates (B, T, 4H), d_out (B, T, H), d_h_last (B, H), d_h0 (B, H) written;
-    # kept for the weight gradients, valid for t < lengths[b]:
-    #   d_gi (B, T, 3H) gradient of gi, d_ghn (B, T, H) gradient of hn
-    #   (reset after), h_in (B, T, H) h_prev, rh_in (B, T, H) r * h_prev
-    #   (reset before); samples b_start <= b < b_stop.
-    # work (nb, 8H), iwork (2 nb), nb = b_stop - b_start.
+    # Steps s_hi-1 down to s_lo of samples b_start <= b < b_stop, then the
+    # input gradient at these steps.
+    # x (B, T, I), w_ih (3H, I), w_hh (3H, H), h0 (B, H), lengths (B,),
+    # out (B, T, H), gates (B, T, 4H), d_out (B, T, H), d_h_last (B, H);
+    # d_h0 (B, H) written when last; d_x (B, T, I) zeroed for these samples
+    # when first, rows of these steps written; row0 (B,) first chunk row of
+    # each sample. Chunk rows written for these steps:
+    #   d_gi (R, 3H) gradient of gi, aux (R, H) gradient of hn (reset
+    #   after) or r * h_prev (reset before), h_in (R, H) h_prev, x_c (R, I)
+    #   the input.
+    # work (nb, 8H), its first nb * H values the gradient of the states
+    # (carried from chunk to chunk); iwork (3 nb); nb = b_stop - b_start.
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t nb = b_stop - b_start
     cdef floating *dh = work                  # (nb, H) gradient of the state
@@ -2345,13 +2368,14 @@ cdef void _backward_block(
     cdef floating *dga = dhn + nb * H         # (nb, 3H) gradient of gh
     cdef floating *acc = dga + nb * G         # (nb, H) W_hh^T dgh
     cdef floating *drh = acc + nb * H         # (nb, H) gradient of r * h_prev
-    cdef Py_ssize_t *act = iwork
-    cdef Py_ssize_t *tt = iwork + nb
-    cdef Py_ssize_t b, i, j, s, t, L, na, max_len = 0
+    cdef Py_ssize_t *act = iwork              # (nb,) active sample
+    cdef Py_ssize_t *tt = iwork + nb          # (nb,) its time index
+    cdef Py_ssize_t *cr = iwork + 2 * nb      # (nb,) its chunk row
+    cdef Py_ssize_t b, i, j, s, t, c, L, n, t_lo, na
     cdef const floating *g
     cdef const floating *r
     cdef const floating *zz
-    cdef const floating *n
+    cdef const floating *nv
     cdef const floating *hn
     cdef const floating *hprev
     cdef const floating *dout
@@ -2360,25 +2384,30 @@ cdef void _backward_block(
     cdef floating *dhnr
     cdef floating one = 1
 
-    for b in range(b_start, b_stop):
-        L = lengths[b]
-        if L > max_len:
-            max_len = L
-        memcpy(dh + (b - b_start) * H, d_h_last + b * H, H * sizeof(floating))
+    if first:
+        for b in range(b_start, b_stop):
+            memcpy(dh + (b - b_start) * H, d_h_last + b * H,
+                   H * sizeof(floating))
+            memset(d_x + b * T * I, 0, T * I * sizeof(floating))
 
-    for s in range(max_len - 1, -1, -1):
+    for s in range(s_hi - 1, s_lo - 1, -1):
         na = 0
         for b in range(b_start, b_stop):
             L = lengths[b]
             if s >= L:
                 continue
+            t = _time_index(s, L, reverse)
+            # first time index of the sample's steps in this chunk
+            t_lo = L - min(s_hi, L) if reverse else s_lo
             act[na] = b
-            tt[na] = _time_index(s, L, reverse)
+            tt[na] = t
+            cr[na] = row0[b] + t - t_lo
             na = na + 1
 
         for i in range(na):
             b = act[i]
             t = tt[i]
+            c = cr[i]
             if s == 0:
                 hprev = h0 + b * H
             elif reverse:
@@ -2388,20 +2417,20 @@ cdef void _backward_block(
             g = gates + (b * T + t) * 4 * H
             r = g
             zz = g + H
-            n = g + 2 * H
+            nv = g + 2 * H
             hn = g + 3 * H
             dout = d_out + (b * T + t) * H
             dhnr = dhn + i * H
-            dgi = d_gi + (b * T + t) * G
+            dgi = d_gi + c * G
             dgar = dga + i * G
-            memcpy(h_in + (b * T + t) * H, hprev, H * sizeof(floating))
+            memcpy(h_in + c * H, hprev, H * sizeof(floating))
             # dh' = dh + d_out ; dn = dh' (1 - z) ; dz = dh' (h_prev - n)
             # da_n = dn (1 - n^2) ; da_z = dz z (1 - z)
-            _bwd_zn(H, dh + (b - b_start) * H, dout, zz, n, hprev, dhnr, dgi,
+            _bwd_zn(H, dh + (b - b_start) * H, dout, zz, nv, hprev, dhnr, dgi,
                     dgar)
             if reset_after:
                 # da_r = da_n hn r (1 - r) ; d(gh_n) = da_n r
-                _bwd_r(H, hn, r, dgi, dgar, d_ghn + (b * T + t) * H)
+                _bwd_r(H, hn, r, dgi, dgar, aux + c * H)
 
         if reset_after:
             # dh_prev = dh' * z + W_hh^T [da_r, da_z, da_n * r]
@@ -2420,15 +2449,14 @@ cdef void _backward_block(
             _gemm(na, H, H, dga + 2 * H, G, 1, w_hh + 2 * H * H, H, drh, H)
             for i in range(na):
                 b = act[i]
-                t = tt[i]
-                g = gates + (b * T + t) * 4 * H
-                r = g
-                hprev = h_in + (b * T + t) * H
-                dgi = d_gi + (b * T + t) * G
+                c = cr[i]
+                r = gates + (b * T + tt[i]) * 4 * H
+                hprev = h_in + c * H
+                dgi = d_gi + c * G
                 for j in range(H):
                     dgi[j] = drh[i * H + j] * hprev[j] * r[j] * (one - r[j])
                     dga[i * G + j] = dgi[j]
-                    rh_in[(b * T + t) * H + j] = r[j] * hprev[j]
+                    aux[c * H + j] = r[j] * hprev[j]
                 memset(acc + i * H, 0, H * sizeof(floating))
             # dh_prev = dh' * z + d(r h_prev) * r + W_hrz^T [da_r, da_z]
             _gemm(na, H, 2 * H, dga, G, 1, w_hh, H, acc, H)
@@ -2442,134 +2470,119 @@ cdef void _backward_block(
                         dhn[i * H + j] * zz[j] + drh[i * H + j] * r[j]
                         + acc[i * H + j])
 
-    for b in range(b_start, b_stop):
-        memcpy(d_h0 + b * H, dh + (b - b_start) * H, H * sizeof(floating))
-
-
-cdef void _input_grad_block(
-        const floating *w_ih, const int64_t *lengths, Py_ssize_t b_start,
-        Py_ssize_t b_stop, Py_ssize_t T, Py_ssize_t I, Py_ssize_t H,
-        const floating *d_gi, floating *d_x) noexcept nogil:
-    # w_ih (3H, I), lengths (B,), d_gi (B, T, 3H), d_x (B, T, I) written
-    cdef Py_ssize_t G = 3 * H
-    cdef Py_ssize_t b, L
+    # inputs of these steps (for the weight gradients), and their gradient
+    # d_x = d_gi @ W_ih
     for b in range(b_start, b_stop):
         L = lengths[b]
-        memset(d_x + b * T * I, 0, T * I * sizeof(floating))
-        # d_x = d_gi @ W_ih
-        _gemm(L, I, G, d_gi + b * T * G, G, 1, w_ih, I, d_x + b * T * I, I)
+        n = min(s_hi, L) - s_lo
+        if n <= 0:
+            continue
+        t_lo = L - s_lo - n if reverse else s_lo
+        memcpy(x_c + row0[b] * I, x + (b * T + t_lo) * I,
+               n * I * sizeof(floating))
+        _gemm(n, I, G, d_gi + row0[b] * G, G, 1, w_ih, I,
+              d_x + (b * T + t_lo) * I, I)
+
+    if last:
+        for b in range(b_start, b_stop):
+            memcpy(d_h0 + b * H, dh + (b - b_start) * H, H * sizeof(floating))
 
 
 cdef void _weight_grad_cols(
-        const floating *x, const int64_t *lengths, Py_ssize_t B, Py_ssize_t T,
-        Py_ssize_t I, Py_ssize_t H, bint reset_after, bint full,
-        const floating *d_gi, const floating *d_ghn, const floating *h_in,
-        const floating *rh_in, Py_ssize_t c0, Py_ssize_t c1,
-        floating *dwihT, floating *dwhhT, floating *d_w_ih, floating *d_w_hh,
-        floating *d_b_ih, floating *d_b_hh) noexcept nogil:
-    # columns c0 <= c < c1 of the gate axis (3H), inside one gate block.
-    # x (B, T, I), d_gi (B, T, 3H), d_ghn, h_in, rh_in (B, T, H),
-    # dwihT (I, 3H), dwhhT (H, 3H) scratch; d_w_ih (3H, I), d_w_hh (3H, H),
-    # d_b_ih, d_b_hh (3H,) written for these columns.
-    # Sums run over samples, then steps, in ascending order.
+        Py_ssize_t n_rows, Py_ssize_t I, Py_ssize_t H, bint reset_after,
+        bint first, bint last, const floating *x_c, const floating *d_gi,
+        const floating *aux, const floating *h_in, Py_ssize_t c0,
+        Py_ssize_t c1, floating *dwihT, floating *dwhhT, floating *d_w_ih,
+        floating *d_w_hh, floating *d_b_ih, floating *d_b_hh) noexcept nogil:
+    # Columns c0 <= c < c1 of the gate axis (3H), inside one gate block:
+    # adds the n_rows chunk rows (see _backward_block) to dwihT (I, 3H),
+    # dwhhT (H, 3H) and d_b_ih, d_b_hh (3H,); zeroes them first when first;
+    # writes d_w_ih (3H, I), d_w_hh (3H, H) when last. Rows are added in
+    # ascending order.
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t nc = c1 - c0
-    cdef Py_ssize_t b, t, i, j, L, nbatch, K
+    cdef Py_ssize_t i, j
     cdef bint n_block = c0 >= 2 * H
     cdef floating one = 1
-    cdef const floating *hsrc = rh_in if (n_block and not reset_after) else h_in
-    cdef const floating *gsrc
-    cdef Py_ssize_t gld, gcol
+    cdef const floating *hsrc = h_in
+    cdef const floating *gsrc = d_gi + c0
+    cdef Py_ssize_t gld = G
     if n_block and reset_after:
-        gsrc = d_ghn
+        # gradient of hn, and of its bias (gh_n = hn)
+        gsrc = aux + (c0 - 2 * H)
         gld = H
-        gcol = c0 - 2 * H
-    else:
-        gsrc = d_gi
-        gld = G
-        gcol = c0
+    elif n_block:
+        # hn = W_hn (r * h_prev) + b_hn
+        hsrc = aux
 
-    for i in range(I):
-        memset(dwihT + i * G + c0, 0, nc * sizeof(floating))
-    for i in range(H):
-        memset(dwhhT + i * G + c0, 0, nc * sizeof(floating))
-    memset(d_b_ih + c0, 0, nc * sizeof(floating))
-    memset(d_b_hh + c0, 0, nc * sizeof(floating))
-
-    # with all samples full length, one product covers the whole batch
-    nbatch = 1 if full else B
-    for b in range(nbatch):
-        K = B * T if full else lengths[b]
-        # dW_ih^T += X^T dGI ; dW_hh^T += H_prev^T dGH
-        _gemm(I, nc, K, x + b * T * I, 1, I, d_gi + b * T * G + c0, G,
-              dwihT + c0, G)
-        _gemm(H, nc, K, hsrc + b * T * H, 1, H, gsrc + b * T * gld + gcol,
-              gld, dwhhT + c0, G)
-        # d_b += sum of the rows, as products with a row of ones:
-        # madd(1, g, acc) rounds g + acc once, like a plain sum
-        _gemm(1, nc, K, &one, 0, 0, d_gi + b * T * G + c0, G, d_b_ih + c0,
-              G)
-        _gemm(1, nc, K, &one, 0, 0, gsrc + b * T * gld + gcol, gld,
-              d_b_hh + c0, gld)
-
-    for j in range(c0, c1):
+    if first:
         for i in range(I):
-            d_w_ih[j * I + i] = dwihT[i * G + j]
+            memset(dwihT + i * G + c0, 0, nc * sizeof(floating))
         for i in range(H):
-            d_w_hh[j * H + i] = dwhhT[i * G + j]
+            memset(dwhhT + i * G + c0, 0, nc * sizeof(floating))
+        memset(d_b_ih + c0, 0, nc * sizeof(floating))
+        memset(d_b_hh + c0, 0, nc * sizeof(floating))
+
+    # dW_ih^T += X^T dGI ; dW_hh^T += H_prev^T dGH
+    _gemm(I, nc, n_rows, x_c, 1, I, d_gi + c0, G, dwihT + c0, G)
+    _gemm(H, nc, n_rows, hsrc, 1, H, gsrc, gld, dwhhT + c0, G)
+    # d_b += sum of the rows, as products with a row of ones:
+    # madd(1, g, acc) rounds g + acc once, like a plain sum
+    _gemm(1, nc, n_rows, &one, 0, 0, d_gi + c0, G, d_b_ih + c0, G)
+    _gemm(1, nc, n_rows, &one, 0, 0, gsrc, gld, d_b_hh + c0, gld)
+
+    if last:
+        for j in range(c0, c1):
+            for i in range(I):
+                d_w_ih[j * I + i] = dwihT[i * G + j]
+            for i in range(H):
+                d_w_hh[j * H + i] = dwhhT[i * G + j]
 
 
-cdef void _backward_and_input_grad(
-        const floating *x, const floating *w_ih, const floating *w_hh,
-        const floating *h0, const int64_t *lengths, Py_ssize_t blk,
-        Py_ssize_t per_block, Py_ssize_t B, Py_ssize_t T, Py_ssize_t I,
-        Py_ssize_t H, bint reverse, bint reset_after, const floating *out,
-        const floating *gates, const floating *d_out,
-        const floating *d_h_last, floating *d_h0, floating *d_gi,
-        floating *aux, floating *h_in, floating *work, Py_ssize_t *iwork,
-        floating *d_x) noexcept nogil:
-    # one sample block: backward through time, then the input gradient
-    cdef Py_ssize_t b_start = blk * per_block
-    cdef Py_ssize_t b_stop = min(b_start + per_block, B)
-    _backward_block(w_hh, h0, lengths, b_start, b_stop, T, H, reverse,
-                    reset_after, out, gates, d_out, d_h_last, d_h0, d_gi,
-                    aux, h_in, aux, work, iwork)
-    _input_grad_block(w_ih, lengths, b_start, b_stop, T, I, H, d_gi, d_x)
-
-
-cdef void _weight_grad_task(
-        const floating *x, const int64_t *lengths, Py_ssize_t B,
-        Py_ssize_t T, Py_ssize_t I, Py_ssize_t H, bint reset_after,
-        bint full, Py_ssize_t task, Py_ssize_t per_gate,
-        const floating *d_gi, const floating *aux, const floating *h_in,
-        floating *dwihT, floating *dwhhT, floating *d_w_ih,
-        floating *d_w_hh, floating *d_b_ih, floating *d_b_hh) noexcept nogil:
-    # one column piece of one gate block of the weight gradients
-    cdef Py_ssize_t gate = task // per_gate
-    cdef Py_ssize_t piece = task % per_gate
+cdef void _weight_grad_task(_Args *a, Py_ssize_t task,
+                            floating *tag) noexcept nogil:
+    # one column piece of one gate block of the weight gradients, columns
+    # aligned to 16 (tag: NULL, selects the dtype)
+    cdef Py_ssize_t H = a.H
+    cdef Py_ssize_t gate = task // a.per_gate
+    cdef Py_ssize_t piece = task % a.per_gate
     cdef Py_ssize_t c0, c1
-    c0 = gate * H + ((H * piece) // per_gate) // 16 * 16
-    if piece == per_gate - 1:
+    c0 = gate * H + ((H * piece) // a.per_gate) // 16 * 16
+    if piece == a.per_gate - 1:
         c1 = (gate + 1) * H
     else:
-        c1 = gate * H + ((H * (piece + 1)) // per_gate) // 16 * 16
-    _weight_grad_cols(x, lengths, B, T, I, H, reset_after, full, d_gi, aux,
-                      h_in, aux, c0, c1, dwihT, dwhhT, d_w_ih, d_w_hh,
-                      d_b_ih, d_b_hh)
+        c1 = gate * H + ((H * (piece + 1)) // a.per_gate) // 16 * 16
+    _weight_grad_cols(a.n_rows, a.I, H, a.reset_after, a.first, a.last,
+                      <const floating *>a.x_c, <const floating *>a.d_gi,
+                      <const floating *>a.aux, <const floating *>a.h_in,
+                      c0, c1, <floating *>a.dwihT, <floating *>a.dwhhT,
+                      <floating *>a.d_w_ih, <floating *>a.d_w_hh,
+                      <floating *>a.d_b_ih, <floating *>a.d_b_hh)
+
+
+cdef void _weight_grad_item_f(void *a, Py_ssize_t task) noexcept nogil:
+    _weight_grad_task(<_Args *>a, task, <float *>NULL)
+
+
+cdef void _weight_grad_item_d(void *a, Py_ssize_t task) noexcept nogil:
+    _weight_grad_task(<_Args *>a, task, <double *>NULL)
 
 
 cdef void _backward_item(_Args *a, Py_ssize_t blk,
                          floating *tag) noexcept nogil:
-    # one sample block of the backward pass and its input gradient
-    _backward_and_input_grad(
+    # one sample block of the backward pass over one chunk of steps
+    cdef Py_ssize_t b_start = blk * a.per_block
+    cdef Py_ssize_t b_stop = min(b_start + a.per_block, a.B)
+    _backward_block(
         <const floating *>a.x, <const floating *>a.w_ih,
-        <const floating *>a.w_hh, <const floating *>a.h0, a.lengths, blk,
-        a.per_block, a.B, a.T, a.I, a.H, a.reverse, a.reset_after,
-        <const floating *>a.out, <const floating *>a.gates,
-        <const floating *>a.d_out, <const floating *>a.d_h_last,
-        <floating *>a.d_h0, <floating *>a.d_gi, <floating *>a.aux,
-        <floating *>a.h_in, <floating *>a.work + blk * a.wstride,
-        a.iwork + blk * a.istride, <floating *>a.d_x)
+        <const floating *>a.w_hh, <const floating *>a.h0, a.lengths,
+        b_start, b_stop, a.T, a.I, a.H, a.reverse, a.reset_after, a.s_lo,
+        a.s_hi, a.first, a.last, a.row0, <const floating *>a.out,
+        <const floating *>a.gates, <const floating *>a.d_out,
+        <const floating *>a.d_h_last, <floating *>a.d_h0,
+        <floating *>a.d_x, <floating *>a.d_gi, <floating *>a.aux,
+        <floating *>a.h_in, <floating *>a.x_c,
+        <floating *>a.work + blk * a.wstride, a.iwork + blk * a.istride)
 
 
 cdef void _backward_item_f(void *a, Py_ssize_t blk) noexcept nogil:
@@ -2580,24 +2593,16 @@ cdef void _backward_item_d(void *a, Py_ssize_t blk) noexcept nogil:
     _backward_item(<_Args *>a, blk, <double *>NULL)
 
 
-cdef void _weight_grad_item(_Args *a, Py_ssize_t task,
-                            floating *tag) noexcept nogil:
-    # one column piece of the weight gradients
-    _weight_grad_task(<const floating *>a.x, a.lengths, a.B, a.T, a.I, a.H,
-                      a.reset_after, a.full, task, a.per_gate,
-                      <const floating *>a.d_gi, <const floating *>a.aux,
-                      <const floating *>a.h_in, <floating *>a.dwihT,
-                      <floating *>a.dwhhT, <floating *>a.d_w_ih,
-                      <floating *>a.d_w_hh, <floating *>a.d_b_ih,
-                      <floating *>a.d_b_hh)
-
-
-cdef void _weight_grad_item_f(void *a, Py_ssize_t task) noexcept nogil:
-    _weight_grad_item(<_Args *>a, task, <float *>NULL)
-
-
-cdef void _weight_grad_item_d(void *a, Py_ssize_t task) noexcept nogil:
-    _weight_grad_item(<_Args *>a, task, <double *>NULL)
+cdef void _run_items(_Job job, int n_threads) except *:
+    # the job's items on up to n_threads threads, or one after another on
+    # the calling thread (same results)
+    cdef Py_ssize_t item
+    if n_threads > 1:
+        _run_job(job, n_threads)
+    else:
+        with nogil:
+            for item in range(job.n):
+                job.fn(&job.args, item)
 
 
 def layer_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
@@ -2652,9 +2657,7 @@ def layer_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
     """
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2]
     cdef Py_ssize_t H = w_hh.shape[1], G = 3 * H
-    cdef Py_ssize_t n_blocks, per_block, blk, b_start, b_stop, b
-    cdef Py_ssize_t n_tasks, per_gate, task, gate, piece, c0, c1
-    cdef bint full = True
+    cdef Py_ssize_t n_blocks, per_block, b, n, n_rows, steps, max_len = 0
     n_threads = max(1, n_threads)
     dtype = np.float32 if floating is float else np.float64
     if B == 0 or T == 0:
@@ -2664,90 +2667,83 @@ def layer_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
         d_b_hh[...] = 0
         return
     for b in range(B):
-        if lengths[b] != T:
-            full = False
+        max_len = max(max_len, lengths[b])
 
     n_threads = _use_threads(B, T, I, H, n_threads)
     n_blocks = _n_blocks(B, n_threads, 3 * H * (I + H) * sizeof(floating))
     per_block = _ceil_div(B, n_blocks)
     n_blocks = _ceil_div(B, per_block)
-    scratch = _take_scratch(B * T * (G + 2 * H), dtype)
-    cdef floating[:, :, ::1] d_gi = scratch[:B * T * G].reshape(B, T, G)
-    cdef floating[:, :, ::1] h_in = scratch[B * T * G:B * T * (G + H)].reshape(
-        B, T, H)
-    cdef floating[:, :, ::1] aux = scratch[B * T * (G + H):
-                                           B * T * (G + 2 * H)].reshape(B, T, H)
+    steps = chunk_steps(B, T)
+    # chunk arrays: d_gi (R, 3H), aux, h_in (R, H), x_c (R, I)
+    cdef Py_ssize_t R = B * steps
+    scratch = _take_scratch(R * (G + 2 * H + I), dtype)
+    cdef floating[::1] chunk = scratch
     cdef floating[:, ::1] work = np.empty((n_blocks, per_block * 8 * H),
                                           dtype=dtype)
-    cdef Py_ssize_t[:, ::1] iwork = np.empty((n_blocks, 2 * per_block),
+    cdef Py_ssize_t[:, ::1] iwork = np.empty((n_blocks, 3 * per_block),
                                              dtype=np.intp)
+    cdef Py_ssize_t[::1] row0 = np.empty(B, dtype=np.intp)
     cdef floating[:, ::1] dwihT = np.empty((I, G), dtype=dtype)
     cdef floating[:, ::1] dwhhT = np.empty((H, G), dtype=dtype)
 
+    job = _Job()
+    job.fn = _backward_item_f if floating is float else _backward_item_d
+    job.n = n_blocks
+    job.args.x = &x[0, 0, 0]
+    job.args.w_ih = &w_ih[0, 0]
+    job.args.w_hh = &w_hh[0, 0]
+    job.args.h0 = &h0[0, 0]
+    job.args.lengths = &lengths[0]
+    job.args.out = <void *>&out[0, 0, 0]
+    job.args.gates = <void *>&gates[0, 0, 0]
+    job.args.work = &work[0, 0]
+    job.args.iwork = &iwork[0, 0]
+    job.args.wstride = work.shape[1]
+    job.args.istride = iwork.shape[1]
+    job.args.per_block = per_block
+    job.args.B = B
+    job.args.T = T
+    job.args.I = I
+    job.args.H = H
+    job.args.reverse = reverse
+    job.args.reset_after = reset_after
+    job.args.d_out = &d_out[0, 0, 0]
+    job.args.d_h_last = &d_h_last[0, 0]
+    job.args.d_h0 = &d_h0[0, 0]
+    job.args.d_x = &d_x[0, 0, 0]
+    job.args.row0 = &row0[0]
+    job.args.d_gi = &chunk[0]
+    job.args.aux = &chunk[R * G]
+    job.args.h_in = &chunk[R * (G + H)]
+    job.args.x_c = &chunk[R * (G + 2 * H)]
+    job.args.dwihT = &dwihT[0, 0]
+    job.args.dwhhT = &dwhhT[0, 0]
+    job.args.d_w_ih = &d_w_ih[0, 0]
+    job.args.d_w_hh = &d_w_hh[0, 0]
+    job.args.d_b_ih = &d_b_ih[0]
+    job.args.d_b_hh = &d_b_hh[0]
     # column pieces of each gate block, one task each, aligned to 16 columns
-    per_gate = max(1, min(2 * n_threads, H // 32)) if n_threads > 1 else 1
-    n_tasks = 3 * per_gate
+    job.args.per_gate = (max(1, min(2 * n_threads, H // 32))
+                         if n_threads > 1 else 1)
+    tasks = _Job()
+    tasks.fn = (_weight_grad_item_f if floating is float
+                else _weight_grad_item_d)
+    tasks.n = 3 * job.args.per_gate
 
-    if n_threads == 1:
-        with nogil:
-            for blk in range(n_blocks):
-                _backward_and_input_grad(
-                    &x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], &h0[0, 0],
-                    &lengths[0], blk, per_block, B, T, I, H, reverse,
-                    reset_after, &out[0, 0, 0], &gates[0, 0, 0],
-                    &d_out[0, 0, 0], &d_h_last[0, 0], &d_h0[0, 0],
-                    &d_gi[0, 0, 0], &aux[0, 0, 0], &h_in[0, 0, 0],
-                    &work[blk, 0], &iwork[blk, 0], &d_x[0, 0, 0])
-            for task in range(n_tasks):
-                _weight_grad_task(&x[0, 0, 0], &lengths[0], B, T, I, H,
-                                  reset_after, full, task, per_gate,
-                                  &d_gi[0, 0, 0], &aux[0, 0, 0],
-                                  &h_in[0, 0, 0], &dwihT[0, 0],
-                                  &dwhhT[0, 0], &d_w_ih[0, 0], &d_w_hh[0, 0],
-                                  &d_b_ih[0], &d_b_hh[0])
-    else:
-        job = _Job()
-        job.fn = (_backward_item_f if floating is float
-                  else _backward_item_d)
-        job.n = n_blocks
-        job.args.x = &x[0, 0, 0]
-        job.args.w_ih = &w_ih[0, 0]
-        job.args.w_hh = &w_hh[0, 0]
-        job.args.h0 = &h0[0, 0]
-        job.args.lengths = &lengths[0]
-        job.args.out = <void *>&out[0, 0, 0]
-        job.args.gates = <void *>&gates[0, 0, 0]
-        job.args.work = &work[0, 0]
-        job.args.iwork = &iwork[0, 0]
-        job.args.wstride = work.shape[1]
-        job.args.istride = iwork.shape[1]
-        job.args.per_block = per_block
-        job.args.B = B
-        job.args.T = T
-        job.args.I = I
-        job.args.H = H
-        job.args.reverse = reverse
-        job.args.reset_after = reset_after
-        job.args.full = full
-        job.args.d_out = &d_out[0, 0, 0]
-        job.args.d_h_last = &d_h_last[0, 0]
-        job.args.d_h0 = &d_h0[0, 0]
-        job.args.d_gi = &d_gi[0, 0, 0]
-        job.args.aux = &aux[0, 0, 0]
-        job.args.h_in = &h_in[0, 0, 0]
-        job.args.d_x = &d_x[0, 0, 0]
-        job.args.dwihT = &dwihT[0, 0]
-        job.args.dwhhT = &dwhhT[0, 0]
-        job.args.d_w_ih = &d_w_ih[0, 0]
-        job.args.d_w_hh = &d_w_hh[0, 0]
-        job.args.d_b_ih = &d_b_ih[0]
-        job.args.d_b_hh = &d_b_hh[0]
-        job.args.per_gate = per_gate
-        _run_job(job, n_threads)
-        job2 = _Job()
-        job2.fn = (_weight_grad_item_f if floating is float
-                   else _weight_grad_item_d)
-        job2.n = n_tasks
-        job2.args = job.args
-        _run_job(job2, n_threads)
+    chunks = step_chunks(max_len, steps)
+    for k, (s_lo, s_hi) in enumerate(chunks):
+        n_rows = 0
+        for b in range(B):
+            row0[b] = n_rows
+            n = min(s_hi, lengths[b]) - s_lo
+            if n > 0:
+                n_rows += n
+        job.args.s_lo = s_lo
+        job.args.s_hi = s_hi
+        job.args.first = k == 0
+        job.args.last = k == len(chunks) - 1
+        job.args.n_rows = n_rows
+        _run_items(job, n_threads)
+        tasks.args = job.args
+        _run_items(tasks, n_threads)
     _give_back_scratch(scratch)

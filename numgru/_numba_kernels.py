@@ -12,7 +12,7 @@ How the kernels are organised:
 - Parallelism is over fixed-size blocks of samples. Each block runs its own
   full time loop; there is no synchronisation between steps.
 - The sequence is processed in chunks of about an eighth of its steps (see
-  ``_chunk_steps``): the forward computes the input projection ``x @ W_ih^T``
+  ``numgru._chunks``): the forward computes the input projection ``x @ W_ih^T``
   of a block one chunk at a time, and the backward runs the recurrence over
   one chunk, then adds that chunk's terms to the weight gradients. Work
   arrays therefore hold one chunk, not the whole sequence.
@@ -51,6 +51,8 @@ from llvmlite import ir as ll_ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, overload, register_model
+
+from ._chunks import chunk_steps, step_chunks
 
 __all__ = ["layer_forward", "layer_backward", "cell_forward",
            "step_prepare", "step_forward"]
@@ -1993,7 +1995,7 @@ def _serial(B, T, I, H, n_threads, backward=False):
     if -(-B // _block_size(B, H, n_threads)) < 2:
         return True
     if backward:
-        return B * _chunk_steps(B, T) * H * (I + H) < _SERIAL_CHUNK
+        return B * chunk_steps(B, T) * H * (I + H) < _SERIAL_CHUNK
     return B * H * (I + H) < _SERIAL_WORK and B * T * H * (I + H) < _SERIAL_TOTAL
 
 
@@ -2100,7 +2102,7 @@ def layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse,
     gates2 = gates.reshape(B * T, 4 * H) if keep else np.empty((1, 4 * H),
                                                                x.dtype)
     w_ih_p, w_rz_p, w_n_p = _pack_forward(w_ih, w_hh)
-    TC = _chunk_steps(B, T)
+    TC = chunk_steps(B, T)
     gibuf = _work(0, B * TC * 3 * H, x.dtype).reshape(B * TC, 3 * H)
     if _serial(B, T, I, H, n_threads):
         _forward_kernel_serial(x.reshape(B * T, I), w_ih_p, w_rz_p, w_n_p,
@@ -2149,7 +2151,7 @@ def layer_backward(x, w_ih, w_hh, h0, lengths, reverse, reset_after, out,
     B, T, I = x.shape
     H = w_hh.shape[1]
     dtype = x.dtype
-    TC = _chunk_steps(B, T)
+    TC = chunk_steps(B, T)
     dgi_c = _work(0, B * TC * 3 * H, dtype).reshape(B * TC, 3 * H)
     hp_c = _work(1, B * TC * H, dtype).reshape(B * TC, H)
     if reset_after:
@@ -2165,8 +2167,7 @@ def layer_backward(x, w_ih, w_hh, h0, lengths, reverse, reset_after, out,
         grad.fill(0)
     # steps go backwards in chunks of TC: the recurrence over a chunk, then
     # its terms of the weight gradients (added in this fixed order)
-    chunks = np.array([(max(0, s_hi - TC), s_hi)
-                       for s_hi in range(int(lengths.max()), 0, -TC)],
+    chunks = np.array(step_chunks(lengths.max(), TC),
                       dtype=np.int64).reshape(-1, 2)
     args = (_pack(w_ih), _pack(w_hh), h0, lengths, T, bool(reverse),
             bool(reset_after), out.reshape(B * T, H),
@@ -2183,21 +2184,6 @@ def layer_backward(x, w_ih, w_hh, h0, lengths, reverse, reset_after, out,
             finally:
                 numba.set_parallel_chunksize(chunk)
     d_h0[...] = dh
-
-
-_CHUNK_ROWS = 256   # fewest samples x steps per chunk of steps
-_CHUNK_PARTS = 8    # chunks of steps kept small: at most ~T/8 steps each
-
-
-def _chunk_steps(B, T):
-    """Steps per chunk in which the kernels keep work arrays.
-
-    The input projection (forward) and the gate gradients (backward) are
-    held for one chunk of steps at a time, about an eighth of the sequence
-    but at least _CHUNK_ROWS rows, instead of for all steps. It depends on
-    the shape only, never on the thread count.
-    """
-    return max(1, min(T, max(-(-T // _CHUNK_PARTS), -(-_CHUNK_ROWS // B))))
 
 
 _SERIAL_BATCH = 4   # batches up to this size run without parallel overhead

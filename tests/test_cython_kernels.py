@@ -280,6 +280,30 @@ def test_threaded_path_same_bits_as_serial(dtype, reset_after, reverse,
         ck._set_serial_flops(previous)
 
 
+@pytest.mark.parametrize("reset_after, reverse", [(True, False), (False, True)])
+def test_long_sequences_in_chunks(reset_after, reverse):
+    # the backward holds work arrays for chunks of steps: several chunks
+    # here, with samples ending inside, at and before chunk boundaries
+    from numgru._chunks import chunk_steps
+    B, T = 6, 300
+    assert chunk_steps(B, T) < T // 4
+    p = make_problem(B, T, 4, 64, np.float64, varied=True, seed=6)
+    p["w_hh"] *= 0.2   # a contracting recurrence: rounding does not grow
+    p["lengths"][1:4] = [chunk_steps(B, T), 1, T - 1]
+    want = both(ref, p, reverse, reset_after)
+    one = both(ck, p, reverse, reset_after, n_threads=1)
+    previous = ck._set_serial_flops(0.0)
+    try:
+        two = both(ck, p, reverse, reset_after, n_threads=2)
+    finally:
+        ck._set_serial_flops(previous)
+    for part in range(2):
+        for name in want[part]:
+            np.testing.assert_allclose(two[part][name], want[part][name],
+                                       rtol=0, atol=1e-10, err_msg=name)
+            assert_same_bits(one[part][name], two[part][name], name)
+
+
 def test_threaded_path_from_concurrent_python_threads(always_parallel):
     from concurrent.futures import ThreadPoolExecutor
     problems = [make_problem(20 + k, 7, 5, 24, np.float32, varied=True,

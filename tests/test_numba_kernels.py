@@ -10,6 +10,7 @@ numba = pytest.importorskip("numba")
 
 from numgru import _reference as ref  # noqa: E402
 from numgru import _numba_kernels as nk  # noqa: E402
+from numgru._chunks import chunk_steps  # noqa: E402
 from kernel_runs import backward_layer, forward_layer  # noqa: E402
 
 
@@ -73,10 +74,10 @@ def test_float64_long_sequences_in_chunks(reset_after, reverse, monkeypatch):
     # the kernels hold work arrays for chunks of steps: several chunks here,
     # with samples ending inside, at and before chunk boundaries
     B, T = 6, 300
-    assert nk._chunk_steps(B, T) < T // 4
+    assert chunk_steps(B, T) < T // 4
     p = make_problem(B, T, 4, 64, np.float64, True, seed=6)
     p["w_hh"] *= 0.2   # a contracting recurrence: rounding does not grow
-    p["lengths"][1:4] = [nk._chunk_steps(B, T), 1, T - 1]
+    p["lengths"][1:4] = [chunk_steps(B, T), 1, T - 1]
     want = run(ref, p, reverse, reset_after)
     one = run(nk, p, reverse, reset_after, n_threads=1)
     for name in ("_SERIAL_WORK", "_SERIAL_TOTAL", "_SERIAL_CHUNK"):
