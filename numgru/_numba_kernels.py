@@ -15,7 +15,9 @@ How the kernels are organised:
   ``numgru._chunks``): the forward computes the input projection ``x @ W_ih^T``
   of a block one chunk at a time, and the backward runs the recurrence over
   one chunk, then adds that chunk's terms to the weight gradients. Work
-  arrays therefore hold one chunk, not the whole sequence.
+  arrays therefore hold one chunk (two when, with several threads, the
+  weight gradients of one chunk are computed next to the recurrence over
+  the following one), not the whole sequence.
 - Every matrix product is written as ``C[row, j] += A[row, k] * W[k, j]`` with
   ``k`` ascending and one fused multiply-add per term, on SIMD vectors along
   ``j`` held in registers (tiles of 8 or 4 rows by 2 vectors). A value of
@@ -1551,39 +1553,78 @@ def _weight_grad_task(it, tasks, rc, rx, n_rows, x2, dgi_c, dghn_c, hp_c,
 @njit(parallel=True, **_JIT)
 def _backward_kernel(w_ih_p, w_hh_p, h0, lengths, T, reverse, reset_after,
                      out2, gates2, d_out2, dh, dh_new, d_rh, x2, d_x2, chunks,
-                     dgi_c, dghn_c, hp_c, hin_c, d_w_ih, d_w_hh, d_b_ih,
+                     dgi_c2, dghn_c2, hp_c2, hin_c2, d_w_ih, d_w_hh, d_b_ih,
                      d_b_hh, block):
     # For each chunk of steps (s_lo, s_hi) = chunks[k], in order: the
-    # recurrence over the chunk (parallel over sample blocks), then its terms
-    # of the weight gradients (parallel over output tiles; the caller sets
-    # parallel chunk size 1, so tasks of different sizes, largest first, are
-    # handed out one at a time). Arrays as in _backward_kernel_task and
-    # _weight_grad_task; d_x2 and the weight gradients start at zero.
+    # recurrence over the chunk (one task per sample block), then its terms
+    # of the weight gradients (one task per output tile). The chunk arrays
+    # dgi_c2 (S, B*TC, 3H), dghn_c2, hp_c2, hin_c2 (S, *, H) hold S = 1 or 2
+    # chunks, chunk k in [k % S]. With S = 2, one parallel region runs the
+    # recurrence of chunk k together with the weight gradients of chunk
+    # k - 1; with S = 1, each has its own region. The caller sets parallel
+    # chunk size 1, so tasks are handed out one at a time, weight-gradient
+    # tasks (largest first) before the recurrence. Each weight-gradient tile
+    # adds its chunks in order, as in _backward_kernel_serial (same bits).
+    # Other arrays as in _backward_kernel_task and _weight_grad_task; d_x2
+    # and the weight gradients start at zero.
     B, H = h0.shape
     n_blocks = (B + block - 1) // block
-    TC = dgi_c.shape[0] // B
-    for k in range(chunks.shape[0]):
-        s_lo = chunks[k, 0]
-        s_hi = chunks[k, 1]
-        for ib in prange(n_blocks):
-            _backward_kernel_task(ib, w_ih_p, w_hh_p, h0, lengths, T, reverse,
-                                  reset_after, out2, gates2, d_out2, dh,
-                                  dh_new, d_rh, d_x2, s_lo, s_hi, dgi_c,
-                                  dghn_c, hp_c, hin_c, block)
-        rc, rx, n_rows, tasks = _weight_grad_setup(
-            lengths, T, reverse, s_lo, s_hi, TC, x2.shape[1], H)
-        for it in prange(tasks.shape[0]):
-            _weight_grad_task(it, tasks, rc, rx, n_rows, x2, dgi_c, dghn_c,
-                              hp_c, hin_c, reset_after, d_w_ih, d_w_hh,
-                              d_b_ih, d_b_hh)
+    n_chunks = chunks.shape[0]
+    n_sets = dgi_c2.shape[0]
+    TC = dgi_c2.shape[1] // B
+    I = x2.shape[1]
+    for k in range(n_chunks + 1):
+        n_rec = n_blocks if k < n_chunks else 0
+        s_lo = chunks[min(k, n_chunks - 1), 0]
+        s_hi = chunks[min(k, n_chunks - 1), 1]
+        # the weight-gradient tasks of chunk k - 1 (none for k = 0)
+        w_lo = chunks[max(k - 1, 0), 0]
+        w_hi = chunks[max(k - 1, 0), 1]
+        rc, rx, n_rows, tasks = _weight_grad_setup(lengths, T, reverse, w_lo,
+                                                   w_hi, TC, I, H)
+        n_tasks = tasks.shape[0] if k > 0 else 0
+        now = k % n_sets
+        before = (k + n_sets - 1) % n_sets
+        if n_sets == 2:
+            for it in prange(n_tasks + n_rec):
+                if it < n_tasks:
+                    _weight_grad_task(it, tasks, rc, rx, n_rows, x2,
+                                      dgi_c2[before], dghn_c2[before],
+                                      hp_c2[before], hin_c2[before],
+                                      reset_after, d_w_ih, d_w_hh, d_b_ih,
+                                      d_b_hh)
+                else:
+                    _backward_kernel_task(it - n_tasks, w_ih_p, w_hh_p, h0,
+                                          lengths, T, reverse, reset_after,
+                                          out2, gates2, d_out2, dh, dh_new,
+                                          d_rh, d_x2, s_lo, s_hi,
+                                          dgi_c2[now], dghn_c2[now],
+                                          hp_c2[now], hin_c2[now], block)
+        else:
+            for it in prange(n_tasks):
+                _weight_grad_task(it, tasks, rc, rx, n_rows, x2,
+                                  dgi_c2[before], dghn_c2[before],
+                                  hp_c2[before], hin_c2[before], reset_after,
+                                  d_w_ih, d_w_hh, d_b_ih, d_b_hh)
+            for ib in prange(n_rec):
+                _backward_kernel_task(ib, w_ih_p, w_hh_p, h0, lengths, T,
+                                      reverse, reset_after, out2, gates2,
+                                      d_out2, dh, dh_new, d_rh, d_x2, s_lo,
+                                      s_hi, dgi_c2[now], dghn_c2[now],
+                                      hp_c2[now], hin_c2[now], block)
 
 
 @njit(**_JIT)
 def _backward_kernel_serial(w_ih_p, w_hh_p, h0, lengths, T, reverse,
                             reset_after, out2, gates2, d_out2, dh, dh_new,
-                            d_rh, x2, d_x2, chunks, dgi_c, dghn_c, hp_c, hin_c,
-                            d_w_ih, d_w_hh, d_b_ih, d_b_hh, block):
-    # _backward_kernel without a parallel region (same results)
+                            d_rh, x2, d_x2, chunks, dgi_c2, dghn_c2, hp_c2,
+                            hin_c2, d_w_ih, d_w_hh, d_b_ih, d_b_hh, block):
+    # _backward_kernel without a parallel region (same results), each chunk
+    # in the first of the double chunk arrays
+    dgi_c = dgi_c2[0]
+    dghn_c = dghn_c2[0]
+    hp_c = hp_c2[0]
+    hin_c = hin_c2[0]
     B, H = h0.shape
     n_blocks = (B + block - 1) // block
     TC = dgi_c.shape[0] // B
@@ -2152,14 +2193,24 @@ def layer_backward(x, w_ih, w_hh, h0, lengths, reverse, reset_after, out,
     H = w_hh.shape[1]
     dtype = x.dtype
     TC = chunk_steps(B, T)
-    dgi_c = _work(0, B * TC * 3 * H, dtype).reshape(B * TC, 3 * H)
-    hp_c = _work(1, B * TC * H, dtype).reshape(B * TC, H)
+    serial = _serial(B, T, I, H, n_threads, backward=True)
+    # chunk arrays: two when the parallel kernel overlaps the recurrence of
+    # a chunk with the weight gradients of the one before (see
+    # _backward_kernel), which it does when the recurrent weights stay in a
+    # core's cache; larger ones are read from memory at every step, and the
+    # overlapped weight gradients then slowed a large backward (B, T, I, H =
+    # 128, 100, 128, 512) by a fifth
+    overlap = not serial and w_hh.nbytes <= _OVERLAP_BYTES
+    n_sets = 2 if overlap else 1
+    R = B * TC
+    dgi_c = _work(0, n_sets * R * 3 * H, dtype).reshape(n_sets, R, 3 * H)
+    hp_c = _work(1, n_sets * R * H, dtype).reshape(n_sets, R, H)
     if reset_after:
-        dghn_c = _work(2, B * TC * H, dtype).reshape(B * TC, H)
-        hin_c = np.empty((1, H), dtype)
+        dghn_c = _work(2, n_sets * R * H, dtype).reshape(n_sets, R, H)
+        hin_c = np.empty((n_sets, 1, H), dtype)
     else:
-        dghn_c = np.empty((1, H), dtype)
-        hin_c = _work(2, B * TC * H, dtype).reshape(B * TC, H)
+        dghn_c = np.empty((n_sets, 1, H), dtype)
+        hin_c = _work(2, n_sets * R * H, dtype).reshape(n_sets, R, H)
     dh = d_h_last.copy()
     dh_new = np.empty_like(dh)
     d_rh = np.empty_like(dh)
@@ -2174,7 +2225,7 @@ def layer_backward(x, w_ih, w_hh, h0, lengths, reverse, reset_after, out,
             gates.reshape(B * T, 4 * H), d_out.reshape(B * T, H), dh, dh_new,
             d_rh, x.reshape(B * T, I), d_x.reshape(B * T, I), chunks, dgi_c,
             dghn_c, hp_c, hin_c, d_w_ih, d_w_hh, d_b_ih, d_b_hh)
-    if _serial(B, T, I, H, n_threads, backward=True):
+    if serial:
         _backward_kernel_serial(*args, _block_size(B, H, 1))
     else:
         with _Run(n_threads) as run:
@@ -2186,6 +2237,8 @@ def layer_backward(x, w_ih, w_hh, h0, lengths, reverse, reset_after, out,
     d_h0[...] = dh
 
 
+_OVERLAP_BYTES = 768 * 1024   # recurrent weights up to this size: the
+                               # backward overlaps chunks (layer_backward)
 _SERIAL_BATCH = 4   # batches up to this size run without parallel overhead
 
 

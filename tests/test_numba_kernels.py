@@ -83,11 +83,14 @@ def test_float64_long_sequences_in_chunks(reset_after, reverse, monkeypatch):
     for name in ("_SERIAL_WORK", "_SERIAL_TOTAL", "_SERIAL_CHUNK"):
         monkeypatch.setattr(nk, name, 0)   # parallel forward and backward
     assert not nk._serial(B, T, 4, 64, 2, backward=True)
-    two = run(nk, p, reverse, reset_after, n_threads=2)
-    for name in want:
-        np.testing.assert_allclose(two[name], want[name], rtol=0, atol=1e-10,
-                                   err_msg=name)
-        assert np.array_equal(one[name], two[name]), name
+    # the parallel backward with chunks overlapped, then one after another
+    for overlap_bytes in (nk._OVERLAP_BYTES, 0):
+        monkeypatch.setattr(nk, "_OVERLAP_BYTES", overlap_bytes)
+        two = run(nk, p, reverse, reset_after, n_threads=2)
+        for name in want:
+            np.testing.assert_allclose(two[name], want[name], rtol=0,
+                                       atol=1e-10, err_msg=name)
+            assert np.array_equal(one[name], two[name]), name
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
