@@ -69,6 +69,20 @@ def test_float64_larger_shapes(reset_after, reverse):
                                    err_msg=name)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_input_weight_gradient_same_bits_in_both_layouts(dtype, monkeypatch):
+    # narrow inputs take vectors along the gate axis, wide ones along the
+    # inputs: the same fma chains either way
+    p = make_problem(11, 5, 9, 45, dtype, True, seed=4)
+    assert nk._narrow_inputs(9, dtype)
+    fwd = forward_layer(nk, p, False, True)
+    narrow = backward_layer(nk, p, fwd, False, True)
+    monkeypatch.setattr(nk, "_narrow_inputs", lambda I, dtype: False)
+    wide = backward_layer(nk, p, fwd, False, True)
+    for name in narrow:
+        assert np.array_equal(narrow[name], wide[name]), name
+
+
 @pytest.mark.parametrize("reset_after, reverse", [(True, False), (False, True)])
 def test_float64_long_sequences_in_chunks(reset_after, reverse, monkeypatch):
     # the kernels hold work arrays for chunks of steps: several chunks here,
