@@ -93,13 +93,58 @@ class SequenceScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self : SequenceScaler
             Fitted scaler.
         """
-        batch = check_sequences(X, estimator=self, reset=True)
+        if hasattr(self, "n_steps_seen_"):
+            del self.n_steps_seen_     # start the statistics over
+        return self._update(X)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y=None):
+        """Update the per-channel mean and scale with one more batch.
+
+        The statistics after several calls are those of all the valid time
+        steps seen so far (up to rounding), as if ``fit`` had been given
+        them together. The first call on an unfitted scaler fixes the
+        number of features; ``fit`` starts the statistics over.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_timesteps) or \
+                (n_samples, n_timesteps, n_features), or list of array-like \
+                of shape (n_timesteps_i, n_features) or (n_timesteps_i,)
+            Series to add to the statistics.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : SequenceScaler
+            Fitted scaler.
+        """
+        return self._update(X)
+
+    def _update(self, X):
+        # mean and sum of squared deviations of the steps seen so far,
+        # combined with a new batch's (Chan, Golub and LeVeque's update)
+        first = not hasattr(self, "n_steps_seen_")
+        batch = check_sequences(X, estimator=self, reset=first)
         valid = np.arange(batch.values.shape[1]) < batch.lengths[:, None]
         steps = batch.values[valid].astype(np.float64)     # (n_steps, C)
-        self.n_steps_seen_ = int(steps.shape[0])
-        mean = steps.mean(axis=0)
+        n_new = steps.shape[0]                              # >= 1
+        mean_new = steps.mean(axis=0)
+        ss_new = ((steps - mean_new) ** 2).sum(axis=0)
+        if first:
+            n, mean, ss = n_new, mean_new, ss_new
+        else:
+            n_old = self.n_steps_seen_
+            n = n_old + n_new
+            delta = mean_new - self._mean
+            mean = self._mean + delta * (n_new / n)
+            ss = self._sum_squares + ss_new + delta ** 2 * (n_old * n_new / n)
+        self.n_steps_seen_ = int(n)
+        self._mean = mean
+        self._sum_squares = ss
         if self.with_std:
-            self.var_ = steps.var(axis=0)
+            self.var_ = ss / n
             scale = np.sqrt(self.var_)
             tiny = 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1)
             scale[scale < tiny] = 1.0

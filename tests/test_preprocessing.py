@@ -102,3 +102,32 @@ def test_clone_and_pickle():
 
 def test_sklearn_compatible():
     check_estimator(SequenceScaler())
+
+
+def test_partial_fit_equals_fit_on_everything():
+    rng = np.random.default_rng(5)
+    X = ragged(rng, lengths=(5, 2, 7, 1, 9, 4))
+    X[3] = X[3] + 50.0     # batches with different means
+    whole = SequenceScaler().fit(X)
+    parts = SequenceScaler()
+    for start in (0, 1, 4):
+        parts.partial_fit(X[start:{0: 1, 1: 4, 4: 6}[start]])
+    assert parts.n_steps_seen_ == whole.n_steps_seen_
+    np.testing.assert_allclose(parts.mean_, whole.mean_, rtol=1e-12)
+    np.testing.assert_allclose(parts.var_, whole.var_, rtol=1e-12)
+    np.testing.assert_allclose(parts.scale_, whole.scale_, rtol=1e-12)
+    # fit starts over; partial_fit keeps the number of features
+    parts.fit(X[:2])
+    assert parts.n_steps_seen_ == 7
+    with pytest.raises(ValueError, match="features"):
+        parts.partial_fit([rng.normal(size=(3, 2))])
+
+
+def test_partial_fit_without_mean_or_std():
+    rng = np.random.default_rng(6)
+    X = rng.normal(2.0, 3.0, size=(6, 8, 2))
+    for params in ({"with_mean": False}, {"with_std": False}):
+        whole = SequenceScaler(**params).fit(X)
+        parts = SequenceScaler(**params).partial_fit(X[:2]).partial_fit(X[2:])
+        np.testing.assert_allclose(parts.transform(X), whole.transform(X),
+                                   rtol=1e-12, atol=1e-12)
