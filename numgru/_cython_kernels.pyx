@@ -1084,6 +1084,20 @@ cdef class _Job:
     cdef Py_ssize_t n
 
 
+cdef inline void _set_layer_args(_Args *args, Py_ssize_t per_block,
+                                 Py_ssize_t B, Py_ssize_t T, Py_ssize_t I,
+                                 Py_ssize_t H, bint reverse,
+                                 bint reset_after) noexcept:
+    # the sizes and options every work item of a layer call reads
+    args.per_block = per_block
+    args.B = B
+    args.T = T
+    args.I = I
+    args.H = H
+    args.reverse = reverse
+    args.reset_after = reset_after
+
+
 cdef void _run_job(_Job job, int n_threads) except *:
     # run the job's items, split statically over up to n_threads OpenMP
     # threads; every item writes only its own part of the outputs
@@ -1274,13 +1288,8 @@ cdef void _forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
         job.args.iwork = &iwork[0, 0]
         job.args.wstride = wsize
         job.args.istride = 2 * per_block
-        job.args.per_block = per_block
-        job.args.B = B
-        job.args.T = T
-        job.args.I = I
-        job.args.H = H
-        job.args.reverse = reverse
-        job.args.reset_after = reset_after
+        _set_layer_args(&job.args, per_block, B, T, I, H, reverse,
+                        reset_after)
         _run_job(job, n_threads)
 
 
@@ -2700,13 +2709,7 @@ def layer_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
     job.args.iwork = &iwork[0, 0]
     job.args.wstride = work.shape[1]
     job.args.istride = iwork.shape[1]
-    job.args.per_block = per_block
-    job.args.B = B
-    job.args.T = T
-    job.args.I = I
-    job.args.H = H
-    job.args.reverse = reverse
-    job.args.reset_after = reset_after
+    _set_layer_args(&job.args, per_block, B, T, I, H, reverse, reset_after)
     job.args.d_out = &d_out[0, 0, 0]
     job.args.d_h_last = &d_h_last[0, 0]
     job.args.d_h0 = &d_h0[0, 0]
