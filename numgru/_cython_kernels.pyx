@@ -17,8 +17,9 @@ into fused multiply-adds. The backward pass runs in chunks of steps (see
 :mod:`numgru._chunks`), so its work arrays hold one chunk, not the whole
 sequence. Weight and bias gradients are owned column by column by one work
 item and summed chunk by chunk (last steps first), within a chunk over
-samples, then steps in ascending time order. :func:`cell_forward` reads the weights as they are (no packing) and
-gives the same bits as one step of :func:`layer_forward`.
+samples, then steps in ascending time order. :func:`cell_forward` reads
+the weights as they are (no packing) and gives the same bits as one step of
+:func:`layer_forward`.
 
 ``OPENMP_ENABLED`` tells whether the module was built with OpenMP; without
 it the work items run one after another on the calling thread, with the same
