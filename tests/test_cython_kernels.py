@@ -281,7 +281,7 @@ def test_threaded_path_same_bits_as_serial(dtype, reset_after, reverse,
 
 
 @pytest.mark.parametrize("reset_after, reverse", [(True, False), (False, True)])
-def test_long_sequences_in_chunks(reset_after, reverse):
+def test_long_sequences_in_chunks(reset_after, reverse, always_parallel):
     # the backward holds work arrays for chunks of steps: several chunks
     # here, with samples ending inside, at and before chunk boundaries
     from numgru._chunks import chunk_steps
@@ -292,11 +292,7 @@ def test_long_sequences_in_chunks(reset_after, reverse):
     p["lengths"][1:4] = [chunk_steps(B, T), 1, T - 1]
     want = both(ref, p, reverse, reset_after)
     one = both(ck, p, reverse, reset_after, n_threads=1)
-    previous = ck._set_serial_flops(0.0)
-    try:
-        two = both(ck, p, reverse, reset_after, n_threads=2)
-    finally:
-        ck._set_serial_flops(previous)
+    two = both(ck, p, reverse, reset_after, n_threads=2)
     for part in range(2):
         for name in want[part]:
             np.testing.assert_allclose(two[part][name], want[part][name],
