@@ -83,6 +83,44 @@ def test_input_weight_gradient_same_bits_in_both_layouts(dtype, monkeypatch):
         assert np.array_equal(narrow[name], wide[name]), name
 
 
+@numba.njit
+def _fma_chain_products(A, acol, X, ra, rx, D, j0, j1, db):
+    # the weight-gradient product one element at a time: one fma chain per
+    # element over the rows in order, continuing from its value in D
+    for j in range(j0, j1):
+        for i in range(X.shape[1]):
+            v = D[j, i]
+            for r in range(ra.shape[0]):
+                v = nk._fma(A[ra[r], acol + j - j0], X[rx[r], i], v)
+            D[j, i] = v
+        v = db[j]
+        for r in range(ra.shape[0]):
+            v = v + A[ra[r], acol + j - j0]
+        db[j] = v
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_rows, n_out, n_cols", [
+    (300, 384, 128), (7, 45, 45), (129, 27, 33), (260, 16, 64), (5, 3, 2)])
+def test_weight_gradient_product_is_one_fma_chain(dtype, n_rows, n_out, n_cols):
+    # register tiles, packed copies and passes over the rows change the
+    # speed of the product, never its bits
+    rng = np.random.default_rng(n_rows + n_out)
+    A = rng.standard_normal((n_rows + 9, n_out + 5)).astype(dtype)
+    X = rng.standard_normal((n_rows + 4, n_cols)).astype(dtype)
+    ra = rng.permutation(n_rows + 9)[:n_rows].astype(np.int64)
+    rx = rng.permutation(n_rows + 4)[:n_rows].astype(np.int64)
+    D0 = rng.standard_normal((n_out + 2, n_cols)).astype(dtype)
+    db0 = rng.standard_normal(n_out + 2).astype(dtype)
+    j0, j1, acol = 1, n_out + 1, 3
+    D, db = D0.copy(), db0.copy()
+    nk._outer_acc(A, acol, X, 0, n_cols, ra, rx, n_rows, D, j0, j1, 0, db)
+    D_chain, db_chain = D0.copy(), db0.copy()
+    _fma_chain_products(A, acol, X, ra, rx, D_chain, j0, j1, db_chain)
+    assert np.array_equal(D, D_chain)
+    assert np.array_equal(db, db_chain)
+
+
 @pytest.mark.parametrize("reset_after, reverse", [(True, False), (False, True)])
 def test_float64_long_sequences_in_chunks(reset_after, reverse, monkeypatch):
     # the kernels hold work arrays for chunks of steps: several chunks here,
