@@ -480,6 +480,35 @@ def _with_lane(typingctx, v, i, s):
 
 
 # ---------------------------------------------------------------------------
+# Tasks handed out one at a time
+# ---------------------------------------------------------------------------
+#
+# A prange loop splits its iterations between threads in equal contiguous
+# parts, fixed in advance (Numba's OpenMP layer ignores
+# set_parallel_chunksize), so tasks of unequal cost would leave a thread
+# idle. A parallel region instead runs one worker per thread, and each
+# worker takes the next task from a shared counter until none is left. Each
+# task writes its own outputs, so which thread ran it never changes a bit.
+
+
+@intrinsic
+def _take_task(typingctx, counter):
+    """Atomically add 1 to ``counter[0]`` (int64 array); return its old value."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64
+            and counter.ndim == 1):
+        return None
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary,
+                                       [context.get_constant(types.intp, 0)])
+        return builder.atomic_rmw("add", ptr, ll_ir.Constant(ll_ir.IntType(64), 1),
+                                  "monotonic")
+    return types.int64(counter), codegen
+
+
+# ---------------------------------------------------------------------------
 # Matrix products in a fixed summation order
 # ---------------------------------------------------------------------------
 #
@@ -1510,12 +1539,18 @@ def _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
 @njit(parallel=True, **_JIT)
 def _forward_kernel(x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0, lengths, T,
                     reverse, reset_after, out2, h_last, gates2, keep_gates,
-                    gibuf, block):
+                    gibuf, block, n_workers):
+    # one task per sample block, taken one at a time (_take_task) by
+    # n_workers threads: blocks of shorter samples cost less
     n_blocks = (h0.shape[0] + block - 1) // block
-    for ib in prange(n_blocks):
-        _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
-                             lengths, T, reverse, reset_after, out2, h_last,
-                             gates2, keep_gates, gibuf, block)
+    counter = np.zeros(1, np.int64)
+    for worker in prange(min(n_workers, n_blocks)):
+        ib = _take_task(counter)
+        while ib < n_blocks:
+            _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh,
+                                 h0, lengths, T, reverse, reset_after, out2,
+                                 h_last, gates2, keep_gates, gibuf, block)
+            ib = _take_task(counter)
 
 
 @njit(**_JIT)
@@ -1707,25 +1742,26 @@ def _weight_grad_task(it, tasks, rc, rx, n_rows, x2, dgi_c, dghn_c, hp_c,
 def _backward_kernel(w_ih_p, w_hh_p, h0, lengths, T, reverse, reset_after,
                      out2, gates2, d_out2, dh, dh_new, d_rh, x2, d_x2, chunks,
                      dgi_c2, dghn_c2, hp_c2, hin_c2, d_w_ih, d_w_hh, d_b_ih,
-                     d_b_hh, narrow, block):
+                     d_b_hh, narrow, block, n_workers):
     # For each chunk of steps (s_lo, s_hi) = chunks[k], in order: the
     # recurrence over the chunk (one task per sample block), then its terms
     # of the weight gradients (one task per output tile). The chunk arrays
     # dgi_c2 (S, B*TC, 3H), dghn_c2, hp_c2, hin_c2 (S, *, H) hold S = 1 or 2
     # chunks, chunk k in [k % S]. With S = 2, one parallel region runs the
     # recurrence of chunk k together with the weight gradients of chunk
-    # k - 1; with S = 1, each has its own region. The caller sets parallel
-    # chunk size 1, so tasks are handed out one at a time, weight-gradient
-    # tasks (largest first) before the recurrence. Each weight-gradient tile
-    # adds its chunks in order, as in _backward_kernel_serial (same bits).
-    # Other arrays as in _backward_kernel_task and _weight_grad_task; d_x2
-    # and the weight gradients start at zero.
+    # k - 1; with S = 1, each has its own region. Tasks are taken one at a
+    # time (_take_task), weight-gradient tasks (largest first) before the
+    # recurrence. Each weight-gradient tile adds its chunks in order, as in
+    # _backward_kernel_serial (same bits). Other arrays as in
+    # _backward_kernel_task and _weight_grad_task; d_x2 and the weight
+    # gradients start at zero. n_workers: the threads of the region.
     B, H = h0.shape
     n_blocks = (B + block - 1) // block
     n_chunks = chunks.shape[0]
     n_sets = dgi_c2.shape[0]
     TC = dgi_c2.shape[1] // B
     I = x2.shape[1]
+    counter = np.zeros(1, np.int64)
     for k in range(n_chunks + 1):
         n_rec = n_blocks if k < n_chunks else 0
         s_lo = chunks[min(k, n_chunks - 1), 0]
@@ -1738,33 +1774,31 @@ def _backward_kernel(w_ih_p, w_hh_p, h0, lengths, T, reverse, reset_after,
         n_tasks = tasks.shape[0] if k > 0 else 0
         now = k % n_sets
         before = (k + n_sets - 1) % n_sets
-        if n_sets == 2:
-            for it in prange(n_tasks + n_rec):
-                if it < n_tasks:
-                    _weight_grad_task(it, tasks, rc, rx, n_rows, x2,
-                                      dgi_c2[before], dghn_c2[before],
-                                      hp_c2[before], hin_c2[before],
-                                      reset_after, narrow, d_w_ih, d_w_hh,
-                                      d_b_ih, d_b_hh)
-                else:
-                    _backward_kernel_task(it - n_tasks, w_ih_p, w_hh_p, h0,
-                                          lengths, T, reverse, reset_after,
-                                          out2, gates2, d_out2, dh, dh_new,
-                                          d_rh, d_x2, s_lo, s_hi,
-                                          dgi_c2[now], dghn_c2[now],
-                                          hp_c2[now], hin_c2[now], block)
-        else:
-            for it in prange(n_tasks):
-                _weight_grad_task(it, tasks, rc, rx, n_rows, x2,
-                                  dgi_c2[before], dghn_c2[before],
-                                  hp_c2[before], hin_c2[before], reset_after,
-                                  narrow, d_w_ih, d_w_hh, d_b_ih, d_b_hh)
-            for ib in prange(n_rec):
-                _backward_kernel_task(ib, w_ih_p, w_hh_p, h0, lengths, T,
-                                      reverse, reset_after, out2, gates2,
-                                      d_out2, dh, dh_new, d_rh, d_x2, s_lo,
-                                      s_hi, dgi_c2[now], dghn_c2[now],
-                                      hp_c2[now], hin_c2[now], block)
+        # tasks 0 .. n_tasks-1: weight gradients; then the sample blocks
+        for phase in range(3 - n_sets):
+            t_lo = n_tasks if n_sets == 1 and phase == 1 else 0
+            t_hi = n_tasks if n_sets == 1 and phase == 0 else n_tasks + n_rec
+            if t_hi <= t_lo:
+                continue
+            counter[0] = t_lo
+            for worker in prange(min(n_workers, t_hi - t_lo)):
+                it = _take_task(counter)
+                while it < t_hi:
+                    if it < n_tasks:
+                        _weight_grad_task(it, tasks, rc, rx, n_rows, x2,
+                                          dgi_c2[before], dghn_c2[before],
+                                          hp_c2[before], hin_c2[before],
+                                          reset_after, narrow, d_w_ih, d_w_hh,
+                                          d_b_ih, d_b_hh)
+                    else:
+                        _backward_kernel_task(it - n_tasks, w_ih_p, w_hh_p,
+                                              h0, lengths, T, reverse,
+                                              reset_after, out2, gates2,
+                                              d_out2, dh, dh_new, d_rh, d_x2,
+                                              s_lo, s_hi, dgi_c2[now],
+                                              dghn_c2[now], hp_c2[now],
+                                              hin_c2[now], block)
+                    it = _take_task(counter)
 
 
 @njit(**_JIT)
@@ -2310,7 +2344,7 @@ def layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse,
         _forward_kernel(x.reshape(B * T, I), w_ih_p, w_rz_p, w_n_p, b_ih, b_hh,
                         h0, lengths, T, bool(reverse), bool(reset_after),
                         out.reshape(B * T, H), h_last, gates2, keep, gibuf,
-                        _block_size(B, H, run.n))
+                        _block_size(B, H, run.n), run.n)
 
 
 def layer_backward(x, w_ih, w_hh, h0, lengths, reverse, reset_after, out,
@@ -2386,11 +2420,7 @@ def layer_backward(x, w_ih, w_hh, h0, lengths, reverse, reset_after, out,
         _backward_kernel_serial(*args, _block_size(B, H, 1))
     else:
         with _Run(n_threads) as run:
-            chunk = numba.set_parallel_chunksize(1)
-            try:
-                _backward_kernel(*args, _block_size(B, H, run.n))
-            finally:
-                numba.set_parallel_chunksize(chunk)
+            _backward_kernel(*args, _block_size(B, H, run.n), run.n)
     if narrow:
         d_w_ih[...] = d_w_ih_k.T
     d_h0[...] = dh
