@@ -669,6 +669,42 @@ def _panel2(A, ia, ka, W, kw, kn, wn, C, ic, cn, na):
 def _panel1(A, ia, ka, W, kw, kn, wn, C, ic, cn, na):
     # as _panel2, for one vector: C[ic[a], cn:cn+L] += ... W[kw+k, wn:wn+L]
     a = 0
+    while a + 8 <= na:
+        r0 = ia[a]
+        r1 = ia[a + 1]
+        r2 = ia[a + 2]
+        r3 = ia[a + 3]
+        r4 = ia[a + 4]
+        r5 = ia[a + 5]
+        r6 = ia[a + 6]
+        r7 = ia[a + 7]
+        x0 = _vload(C, ic[a], cn)
+        x1 = _vload(C, ic[a + 1], cn)
+        x2 = _vload(C, ic[a + 2], cn)
+        x3 = _vload(C, ic[a + 3], cn)
+        x4 = _vload(C, ic[a + 4], cn)
+        x5 = _vload(C, ic[a + 5], cn)
+        x6 = _vload(C, ic[a + 6], cn)
+        x7 = _vload(C, ic[a + 7], cn)
+        for k in range(kn):
+            b0 = _vload(W, kw + k, wn)
+            x0 = _vfma(A[r0, ka + k], b0, x0)
+            x1 = _vfma(A[r1, ka + k], b0, x1)
+            x2 = _vfma(A[r2, ka + k], b0, x2)
+            x3 = _vfma(A[r3, ka + k], b0, x3)
+            x4 = _vfma(A[r4, ka + k], b0, x4)
+            x5 = _vfma(A[r5, ka + k], b0, x5)
+            x6 = _vfma(A[r6, ka + k], b0, x6)
+            x7 = _vfma(A[r7, ka + k], b0, x7)
+        _vstore(C, ic[a], cn, x0)
+        _vstore(C, ic[a + 1], cn, x1)
+        _vstore(C, ic[a + 2], cn, x2)
+        _vstore(C, ic[a + 3], cn, x3)
+        _vstore(C, ic[a + 4], cn, x4)
+        _vstore(C, ic[a + 5], cn, x5)
+        _vstore(C, ic[a + 6], cn, x6)
+        _vstore(C, ic[a + 7], cn, x7)
+        a += 8
     while a + 4 <= na:
         r0 = ia[a]
         r1 = ia[a + 1]
@@ -700,17 +736,21 @@ def _panel1(A, ia, ka, W, kw, kn, wn, C, ic, cn, na):
 
 @njit(**_JIT)
 def _columns(A, ia, ka, W, kw, kn, wn, m, C, ic, cn, na):
-    # as _panel1, for the m (< L) columns left: W holds at least wn+L
-    # columns (packed tiles are padded to whole vectors), C only cn+m, so
-    # the rows of C go through a padded copy
+    # as _panel2 (L < m < 2L) or _panel1 (m < L) for the m columns left: W
+    # holds whole vectors from wn (packed tiles are padded), C only cn+m
+    # columns, so the rows of C go through a padded copy
     # C[ic[a], cn+j] += sum_k A[ia[a], ka+k] * W[kw+k, wn+j], j < m
     L = _lanes(C)
-    padded = np.zeros((na, L), C.dtype)
+    two = m > L
+    padded = np.zeros((na, 2 * L if two else L), C.dtype)
     rows = np.arange(na)
     for a in range(na):
         for j in range(m):
             padded[a, j] = C[ic[a], cn + j]
-    _panel1(A, ia, ka, W, kw, kn, wn, padded, rows, 0, na)
+    if two:
+        _panel2(A, ia, ka, W, kw, kn, wn, padded, rows, 0, na)
+    else:
+        _panel1(A, ia, ka, W, kw, kn, wn, padded, rows, 0, na)
     for a in range(na):
         for j in range(m):
             C[ic[a], cn + j] = padded[a, j]
@@ -736,7 +776,7 @@ def _gemm_acc(A, ia, ak0, Wp, wk0, nk, nj, C, ic, cj0, na):
             while n + 2 * L <= m:
                 _panel2(A, ia, ka, W, kw, kn, n, C, ic, c_lo + n, na)
                 n += 2 * L
-            while n + L <= m:
+            if n + L == m:
                 _panel1(A, ia, ka, W, kw, kn, n, C, ic, c_lo + n, na)
                 n += L
             if n < m:

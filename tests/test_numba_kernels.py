@@ -121,6 +121,39 @@ def test_weight_gradient_product_is_one_fma_chain(dtype, n_rows, n_out, n_cols):
     assert np.array_equal(db, db_chain)
 
 
+@numba.njit
+def _fma_chain_rows(A, ia, ak0, W, wk0, n_sum, C, ic, cj0):
+    # C[ic[a], cj0+j] += sum_k A[ia[a], ak0+k] * W[wk0+k, j], one element
+    # at a time: one fma chain over k ascending
+    for a in range(ia.shape[0]):
+        for j in range(W.shape[1]):
+            v = C[ic[a], cj0 + j]
+            for k in range(n_sum):
+                v = nk._fma(A[ia[a], ak0 + k], W[wk0 + k, j], v)
+            C[ic[a], cj0 + j] = v
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_rows, n_sum, n_cols", [
+    (29, 300, 50), (13, 40, 48), (8, 7, 17), (5, 9, 1), (12, 260, 33)])
+def test_recurrent_product_is_one_fma_chain(dtype, n_rows, n_sum, n_cols):
+    # the products of the recurrence and of the input gradient, with column
+    # counts that leave 2, 1 or less than 1 vector for the last tiles
+    rng = np.random.default_rng(n_rows + n_cols)
+    A = rng.standard_normal((n_rows + 3, n_sum + 2)).astype(dtype)
+    W = rng.standard_normal((n_sum + 1, n_cols)).astype(dtype)
+    C0 = rng.standard_normal((n_rows + 5, n_cols + 2)).astype(dtype)
+    ia = rng.permutation(n_rows + 3)[:n_rows].astype(np.int64)
+    ic = rng.permutation(n_rows + 5)[:n_rows].astype(np.int64)
+    C = C0.copy()
+    nk._gemm_acc(A, ia, 2, nk._pack(W), 1, n_sum, n_cols, C, ic, 1, n_rows)
+    C_chain = C0.copy()
+    _fma_chain_rows(A, ia, 2, W, 1, n_sum, C_chain, ic, 1)
+    assert np.array_equal(C[ic], C_chain[ic])
+    untouched = np.setdiff1d(np.arange(n_rows + 5), ic)
+    assert np.array_equal(C[untouched], C0[untouched])
+
+
 @pytest.mark.parametrize("reset_after, reverse", [(True, False), (False, True)])
 def test_float64_long_sequences_in_chunks(reset_after, reverse, monkeypatch):
     # the kernels hold work arrays for chunks of steps: several chunks here,
