@@ -10,7 +10,10 @@ compiled kernel.
 How the kernels are organised:
 
 - Parallelism is over fixed-size blocks of samples. Each block runs its own
-  full time loop; there is no synchronisation between steps.
+  full time loop; there is no synchronisation between steps. A parallel
+  region runs one worker per thread, and workers take tasks (sample blocks,
+  weight-gradient tiles) one at a time from a shared counter, so tasks of
+  unequal cost share the threads evenly.
 - The sequence is processed in chunks of about an eighth of its steps (see
   ``numgru._chunks``): the forward computes the input projection ``x @ W_ih^T``
   of a block one chunk at a time, and the backward runs the recurrence over
