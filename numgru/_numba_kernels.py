@@ -496,7 +496,11 @@ def _with_lane(typingctx, v, i, s):
 
 @intrinsic
 def _take_task(typingctx, counter):
-    """Atomically add 1 to ``counter[0]`` (int64 array); return its old value."""
+    """Add 1 to ``counter[0]`` (int64 array) atomically; return its old value.
+
+    The memory order is relaxed: tasks own their outputs, and the end of the
+    parallel region orders everything else.
+    """
     if not (isinstance(counter, types.Array) and counter.dtype == types.int64
             and counter.ndim == 1):
         return None
@@ -506,8 +510,8 @@ def _take_task(typingctx, counter):
         ary = context.make_array(aryty)(context, builder, args[0])
         ptr = cgutils.get_item_pointer(context, builder, aryty, ary,
                                        [context.get_constant(types.intp, 0)])
-        return builder.atomic_rmw("add", ptr, ll_ir.Constant(ll_ir.IntType(64), 1),
-                                  "monotonic")
+        one = ll_ir.Constant(ll_ir.IntType(64), 1)
+        return builder.atomic_rmw("add", ptr, one, "monotonic")
     return types.int64(counter), codegen
 
 

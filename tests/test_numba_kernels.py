@@ -102,7 +102,8 @@ def _fma_chain_products(A, acol, X, ra, rx, D, j0, j1, db):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_rows, n_out, n_cols", [
     (300, 384, 128), (7, 45, 45), (129, 27, 33), (260, 16, 64), (5, 3, 2)])
-def test_weight_gradient_product_is_one_fma_chain(dtype, n_rows, n_out, n_cols):
+def test_weight_gradient_product_is_one_fma_chain(dtype, n_rows, n_out,
+                                                  n_cols):
     # register tiles, packed copies and passes over the rows change the
     # speed of the product, never its bits
     rng = np.random.default_rng(n_rows + n_out)
