@@ -1949,7 +1949,8 @@ def _lanes_load(typingctx, a, i, j):
 
 @intrinsic
 def _lanes_load_tail(typingctx, a, i, j, n):
-    """a[i, j:n] followed by zeros, for j < n < j + L (the end of a row)."""
+    """a[i, j:n] followed by zeros, for j < n < j + L (the end of a row): one
+    masked load, which reads nothing past column n - 1."""
     if not (_is_step_matrix(a) and all(isinstance(t, types.Integer)
                                        for t in (i, j, n))):
         return None
@@ -1960,20 +1961,31 @@ def _lanes_load_tail(typingctx, a, i, j, n):
         intp = context.get_value_type(types.intp)
         start = context.cast(builder, args[2], j, types.intp)
         stop = context.cast(builder, args[3], n, types.intp)
-        zero = ll_ir.Constant(vecty.element, 0.0)
-        out = ll_ir.Constant(vecty, None)
-        for lane in range(lanes.count):
-            col = builder.add(start, ll_ir.Constant(intp, lane))
-            inside = builder.icmp_signed("<", col, stop)
-            # read a column that exists (j itself) when past the end
-            ptr = _item_pointer(
-                context, builder, a, args[0],
-                [(args[1], i), (builder.select(inside, col, start),
-                                types.intp)])
-            value = builder.select(inside, builder.load(ptr), zero)
-            out = builder.insert_element(
-                out, value, ll_ir.Constant(ll_ir.IntType(32), lane))
-        return out
+        ptr = builder.bitcast(
+            _item_pointer(context, builder, a, args[0],
+                          [(args[1], i), (start, types.intp)]),
+            vecty.as_pointer())
+        # lane l is read when l < n - j
+        count = builder.sub(stop, start)
+        splat = builder.insert_element(
+            ll_ir.Constant(ll_ir.VectorType(intp, lanes.count), None), count,
+            ll_ir.Constant(ll_ir.IntType(32), 0))
+        splat = builder.shuffle_vector(
+            splat, splat,
+            ll_ir.Constant(ll_ir.VectorType(ll_ir.IntType(32), lanes.count),
+                           [0] * lanes.count))
+        index = ll_ir.Constant(ll_ir.VectorType(intp, lanes.count),
+                               list(range(lanes.count)))
+        mask = builder.icmp_signed("<", index, splat)
+        i32 = ll_ir.IntType(32)
+        load = cgutils.get_or_insert_function(
+            builder.module,
+            ll_ir.FunctionType(vecty, [vecty.as_pointer(), i32, mask.type,
+                                       vecty]),
+            f"llvm.masked.load.v{lanes.count}f{a.dtype.bitwidth}.p0")
+        return builder.call(load, [
+            ptr, ll_ir.Constant(i32, a.dtype.bitwidth // 8), mask,
+            ll_ir.Constant(vecty, None)])
     return lanes(a, i, j, n), codegen
 
 

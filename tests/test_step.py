@@ -370,3 +370,37 @@ def test_numba_cell_forward_rejects_arrays_that_do_not_fit():
                  (x, np.asfortranarray(w_ih), w_hh, b_ih, b_hh, h)]:
         with pytest.raises(ValueError, match="cell_forward"):
             nk.cell_forward(*args, True, h_new)
+
+
+@pytest.mark.skipif(set(COMPILED_BACKENDS) != {"numba", "cython"},
+                    reason="needs both compiled backends")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("input_size, hidden_size", [
+    (1, 4), (5, 21), (16, 32), (32, 100), (3, 129), (40, 8)])
+def test_numba_and_cython_steps_give_the_same_bits(dtype, reset_after,
+                                                   input_size, hidden_size):
+    # two codes written apart that spell out one order of operations: row
+    # ends past the last full vector, row counts that are not a multiple of
+    # the rows summed together, single and several samples. Cython's
+    # baseline code rounds products and sums apart, so only its vector code
+    # is held to Numba's bits.
+    from numgru import _cython_kernels as ck
+    levels = [level for level in ck._supported_simd_levels()
+              if level != "baseline"]
+    if not levels:
+        pytest.skip("the Cython step has no vector code on this machine")
+    models = [_model(backend, dtype, num_layers=2, reset_after=reset_after,
+                     input_size=input_size, hidden_size=hidden_size)
+              for backend in ("numba", "cython")]
+    previous = ck.SIMD_LEVEL
+    try:
+        for level in levels:
+            ck._set_simd_level(level)
+            for batch in (1, 3, 6):
+                x, h = _inputs(models[0], batch, seed=batch)
+                numba_state, cython_state = (model.step(x, h)
+                                             for model in models)
+                assert np.array_equal(numba_state, cython_state)
+    finally:
+        ck._set_simd_level(previous)
