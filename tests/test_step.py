@@ -87,16 +87,22 @@ def threads_for_any_size(monkeypatch):
         yield
 
 
+def _serial_step(backend, dtype, reset_after):
+    """A two-layer model, a batch of 23 samples and their step on one
+    thread: (gru, x, h, h_new)."""
+    gru = _model(backend, dtype, num_layers=2, reset_after=reset_after,
+                 input_size=19, hidden_size=37)
+    x, h = _inputs(gru, 23)
+    numgru.set_num_threads(1)
+    return gru, x, h, gru.step(x, h)
+
+
 @pytest.mark.parametrize("backend", COMPILED_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_step_same_bits_for_any_batch_and_thread_count(backend, dtype,
                                                        reset_after):
-    gru = _model(backend, dtype, num_layers=2, reset_after=reset_after,
-                 input_size=19, hidden_size=37)
-    x, h = _inputs(gru, 23)
-    numgru.set_num_threads(1)
-    serial = gru.step(x, h)
+    gru, x, h, serial = _serial_step(backend, dtype, reset_after)
     for b in (0, 11, 22):
         alone = gru.step(x[b:b + 1], np.ascontiguousarray(h[:, b:b + 1]))
         assert np.array_equal(alone[:, 0], serial[:, b])
@@ -111,11 +117,7 @@ def test_step_same_bits_for_any_batch_and_thread_count(backend, dtype,
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_step_parallel_path_same_bits(backend, dtype, reset_after,
                                       threads_for_any_size):
-    gru = _model(backend, dtype, num_layers=2, reset_after=reset_after,
-                 input_size=19, hidden_size=37)
-    x, h = _inputs(gru, 23)
-    numgru.set_num_threads(1)
-    serial = gru.step(x, h)
+    gru, x, h, serial = _serial_step(backend, dtype, reset_after)
     numgru.set_num_threads(2)
     assert np.array_equal(gru.step(x, h), serial)
     with numgru.thread_limit(1):
