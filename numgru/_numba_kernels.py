@@ -333,6 +333,48 @@ def _vstore(typingctx, a, i, j, v):
 
 
 @intrinsic
+def _vtranspose(typingctx, src, i, j, dst, k, l):
+    """dst[k + q, l:l + L] = src[i:i + L, j + q] for q < L, L = _lanes(dst):
+    an L x L block moved across the diagonal (both arrays row-contiguous,
+    the whole block within them)."""
+    if not (_is_float_matrix(src) and _is_float_matrix(dst)
+            and src.dtype == dst.dtype
+            and all(isinstance(t, types.Integer) for t in (i, j, k, l))):
+        return None
+    vecty = _vector_of(dst.dtype)
+    L = vecty.count
+
+    def codegen(context, builder, signature, args):
+        intp = context.get_value_type(types.intp)
+        i0, j0, k0, l0 = (context.cast(builder, args[n], signature.args[n],
+                                       types.intp) for n in (1, 2, 4, 5))
+        align = dst.dtype.bitwidth // 8
+
+        def row(ary, aryty, first, q, column):
+            index = builder.add(first, ll_ir.Constant(intp, q))
+            return _vector_pointer(context, builder, aryty, ary,
+                                   [(index, types.intp), (column, types.intp)],
+                                   vecty)
+        rows = [builder.load(row(args[0], src, i0, q, j0), align=align)
+                for q in range(L)]
+        # interleaving rows q and q + L/2 (q < L/2), log2(L) times over,
+        # transposes the block
+        lanes = ll_ir.VectorType(ll_ir.IntType(32), L)
+        half = L // 2
+        low = ll_ir.Constant(lanes, [x for p in range(half)
+                                     for x in (p, L + p)])
+        high = ll_ir.Constant(lanes, [x for p in range(half, L)
+                                      for x in (p, L + p)])
+        for _ in range(L.bit_length() - 1):
+            rows = [builder.shuffle_vector(rows[p], rows[p + half], mask)
+                    for p in range(half) for mask in (low, high)]
+        for q in range(L):
+            builder.store(rows[q], row(args[3], dst, k0, q, l0), align=align)
+        return context.get_dummy_value()
+    return types.none(src, i, j, dst, k, l), codegen
+
+
+@intrinsic
 def _vfma(typingctx, s, b, c):
     """s * b + c lane by lane, rounded once (llvm.fma), for a scalar s."""
     if not (isinstance(b, _Vector) and b == c and s == b.dtype):
@@ -822,6 +864,49 @@ def _pack_kernel(w, width):
 
 _MAX_TILE = 256   # a multiple of every vector width; measured: 256-wide
                   # tiles beat 64 and 128 at every size
+
+
+@njit(**_JIT)
+def _pack_transposed(w, r0, n):
+    # w (*, K) row-contiguous   returns _pack(w[r0:r0+n].T), (n_tiles, K, width)
+    # blocks of L x L values are transposed in registers, the edges one
+    # value at a time
+    K = w.shape[1]
+    L = _lanes(w)
+    width = min(_MAX_TILE, (n + L - 1) // L * L)
+    n_tiles = (n + width - 1) // width
+    packed = np.empty((n_tiles, K, width), w.dtype)
+    for tile in range(n_tiles):
+        r_lo = r0 + tile * width
+        m = min(width, n - tile * width)
+        P = packed[tile]
+        j = 0
+        while j + L <= m:
+            k = 0
+            while k + L <= K:
+                _vtranspose(w, r_lo + j, k, P, k, j)
+                k += L
+            for k in range(k, K):
+                for q in range(j, j + L):
+                    P[k, q] = w[r_lo + q, k]
+            j += L
+        for k in range(K):
+            for q in range(j, m):
+                P[k, q] = w[r_lo + q, k]
+            for q in range(m, width):
+                P[k, q] = 0
+    return packed
+
+
+@njit(**_JIT)
+def _pack_forward(w_ih, w_hh):
+    # w_ih (3H, I), w_hh (3H, H) row-contiguous   returns W_ih^T,
+    # W_hh^T[:, :2H] and W_hh^T[:, 2H:] packed for _gemm_acc (see _pack)
+    H = w_hh.shape[1]
+    return (_pack_transposed(w_ih, 0, 3 * H), _pack_transposed(w_hh, 0, 2 * H),
+            _pack_transposed(w_hh, 2 * H, H))
+
+
 
 
 @njit(**_JIT)
@@ -2312,13 +2397,6 @@ class _Run:
                     pass
             _serial_lock.release()
         return False
-
-
-def _pack_forward(w_ih, w_hh):
-    """W_ih^T, W_hh^T[:, :2H] and W_hh^T[:, 2H:] packed for _gemm_acc."""
-    H = w_hh.shape[1]
-    w_hh_t = w_hh.T
-    return (_pack(w_ih.T), _pack(w_hh_t[:, :2 * H]), _pack(w_hh_t[:, 2 * H:]))
 
 
 _buffers = threading.local()

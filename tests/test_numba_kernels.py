@@ -155,6 +155,21 @@ def test_recurrent_product_is_one_fma_chain(dtype, n_rows, n_sum, n_cols):
     assert np.array_equal(C[untouched], C0[untouched])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_rows, n_cols", [
+    (384, 50), (96, 32), (99, 33), (5, 7), (48, 1), (600, 20)])
+def test_transposed_pack_matches_the_packed_transpose(dtype, n_rows, n_cols):
+    # whole register blocks, rows and columns past the last block, a tile
+    # narrower than a vector, and more rows than one tile holds
+    rng = np.random.default_rng(n_rows + n_cols)
+    w = rng.standard_normal((n_rows + 7, n_cols)).astype(dtype)
+    for r0, n in ((0, n_rows), (3, n_rows), (7, n_rows // 3 + 1)):
+        want = nk._pack(np.ascontiguousarray(w[r0:r0 + n].T))
+        got = nk._pack_transposed(w, r0, n)
+        assert got.shape == want.shape
+        assert np.array_equal(got, want)
+
+
 @pytest.mark.parametrize("reset_after, reverse", [(True, False), (False, True)])
 def test_float64_long_sequences_in_chunks(reset_after, reverse, monkeypatch):
     # the kernels hold work arrays for chunks of steps: several chunks here,
