@@ -868,7 +868,8 @@ _MAX_TILE = 256   # a multiple of every vector width; measured: 256-wide
 
 @njit(**_JIT)
 def _pack_transposed(w, r0, n):
-    # w (*, K) row-contiguous   returns _pack(w[r0:r0+n].T), (n_tiles, K, width)
+    # w (*, K) row-contiguous
+    # returns _pack(w[r0:r0+n].T): (n_tiles, K, width)
     # blocks of L x L values are transposed in registers, the edges one
     # value at a time
     K = w.shape[1]
@@ -905,8 +906,6 @@ def _pack_forward(w_ih, w_hh):
     H = w_hh.shape[1]
     return (_pack_transposed(w_ih, 0, 3 * H), _pack_transposed(w_hh, 0, 2 * H),
             _pack_transposed(w_hh, 2 * H, H))
-
-
 
 
 @njit(**_JIT)
@@ -2467,7 +2466,8 @@ def layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse,
     keep = _keep(gates)
     gates2 = gates.reshape(B * T, 4 * H) if keep else np.empty((1, 4 * H),
                                                                x.dtype)
-    w_ih_p, w_rz_p, w_n_p = _pack_forward(w_ih, w_hh)
+    w_ih_p, w_rz_p, w_n_p = _pack_forward(np.ascontiguousarray(w_ih),
+                                          np.ascontiguousarray(w_hh))
     TC = chunk_steps(B, T)
     gibuf = _work(0, B * TC * 3 * H, x.dtype).reshape(B * TC, 3 * H)
     if _serial(B, T, I, H, n_threads):
