@@ -444,6 +444,20 @@ cdef extern from *:
                              NG_MADD_PLAIN)
     NG_DEFINE_GEMM_NT_SCALAR(ng_gemm_nt_double_base, NG_ATTR_BASE, double,
                              NG_MADD_PLAIN)
+    /* dst (cols, rows) = src (rows, cols) transposed, in blocks of 16 x 16 */
+    #define NG_TRANSPOSE(T)                                                    \
+    static void ng_transpose_##T##_base(ptrdiff_t rows, ptrdiff_t cols,        \
+                                        const T *src, T *dst)                  \
+    {                                                                          \
+        for (ptrdiff_t i0 = 0; i0 < rows; i0 += 16)                            \
+            for (ptrdiff_t j0 = 0; j0 < cols; j0 += 16)                        \
+                for (ptrdiff_t i = i0; i < rows && i < i0 + 16; i++)           \
+                    for (ptrdiff_t j = j0; j < cols && j < j0 + 16; j++)       \
+                        dst[j * rows + i] = src[i * cols + j];                 \
+    }
+    NG_TRANSPOSE(float)
+    NG_TRANSPOSE(double)
+
     #if NG_DISPATCH
     #define NG_FMAF_S(a, b, c) __builtin_fmaf(a, b, c)
     #define NG_FMA_S(a, b, c) __builtin_fma(a, b, c)
@@ -486,6 +500,31 @@ cdef extern from *:
             r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
             r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
             r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xDD);
+        }
+    }
+
+    /* as ng_transpose_float_base: 16 x 16 blocks through registers, the
+       edges with masked loads and stores (nothing outside the arrays is
+       touched) */
+    NG_ATTR_V4 static void ng_transpose_float_v4(ptrdiff_t rows,
+        ptrdiff_t cols, const float *src, float *dst)
+    {
+        __m512 r[16];
+        for (ptrdiff_t i0 = 0; i0 < rows; i0 += 16) {
+            const ptrdiff_t ni = rows - i0 < 16 ? rows - i0 : 16;
+            const __mmask16 imask = (__mmask16)((1u << ni) - 1u);
+            for (ptrdiff_t j0 = 0; j0 < cols; j0 += 16) {
+                const ptrdiff_t nj = cols - j0 < 16 ? cols - j0 : 16;
+                const __mmask16 jmask = (__mmask16)((1u << nj) - 1u);
+                for (int l = 0; l < 16; l++)
+                    r[l] = l < ni ? _mm512_maskz_loadu_ps(
+                               jmask, src + (i0 + l) * cols + j0)
+                           : _mm512_setzero_ps();
+                ng_transpose16_v4(r);
+                for (int l = 0; l < nj; l++)
+                    _mm512_mask_storeu_ps(dst + (j0 + l) * rows + i0, imask,
+                                          r[l]);
+            }
         }
     }
 
@@ -585,6 +624,13 @@ cdef extern from *:
         ptrdiff_t);
     static ng_gemm_nt_float_t ng_gemm_nt_float = ng_gemm_nt_float_base;
     static ng_gemm_nt_double_t ng_gemm_nt_double = ng_gemm_nt_double_base;
+    typedef void (*ng_transpose_float_t)(ptrdiff_t, ptrdiff_t, const float *,
+                                         float *);
+    typedef void (*ng_transpose_double_t)(ptrdiff_t, ptrdiff_t,
+                                          const double *, double *);
+    static ng_transpose_float_t ng_transpose_float = ng_transpose_float_base;
+    static ng_transpose_double_t ng_transpose_double =
+        ng_transpose_double_base;
 
     /* the implementation chosen by ng_init */
     typedef void (*ng_gemm_float_t)(ptrdiff_t, ptrdiff_t, ptrdiff_t,
@@ -628,6 +674,7 @@ cdef extern from *:
         ng_sigmoid_float = ng_sigmoid_float_base;
         ng_gemm_nt_float = ng_gemm_nt_float_base;
         ng_gemm_nt_double = ng_gemm_nt_double_base;
+        ng_transpose_float = ng_transpose_float_base;
     #if NG_DISPATCH
         if (level == 1) {
             ng_gemm_nt_float = ng_gemm_nt_float_v3;
@@ -639,6 +686,7 @@ cdef extern from *:
         } else if (level == 2) {
             ng_gemm_nt_float = ng_gemm_nt_float_v4;
             ng_gemm_nt_double = ng_gemm_nt_double_v4;
+            ng_transpose_float = ng_transpose_float_v4;
             ng_gemm_float = ng_gemm_float_v4;
             ng_gemm_double = ng_gemm_double_v4;
             ng_tanh_float = ng_tanh_float_v4;
@@ -648,19 +696,6 @@ cdef extern from *:
         return level;
     }
 
-    /* dst (cols, rows) = src (rows, cols) transposed */
-    #define NG_TRANSPOSE(T)                                                    \
-    static void ng_transpose_##T(ptrdiff_t rows, ptrdiff_t cols,               \
-                                 const T *src, T *dst)                         \
-    {                                                                          \
-        for (ptrdiff_t i0 = 0; i0 < rows; i0 += 16)                            \
-            for (ptrdiff_t j0 = 0; j0 < cols; j0 += 16)                        \
-                for (ptrdiff_t i = i0; i < rows && i < i0 + 16; i++)           \
-                    for (ptrdiff_t j = j0; j < cols && j < j0 + 16; j++)       \
-                        dst[j * rows + i] = src[i * cols + j];                 \
-    }
-    NG_TRANSPOSE(float)
-    NG_TRANSPOSE(double)
 
     /* element-wise steps of the forward and backward passes. Plain IEEE
        operations without contraction: every instruction set gives the same
