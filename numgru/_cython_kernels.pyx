@@ -445,9 +445,8 @@ cdef extern from *:
     NG_DEFINE_GEMM_NT_SCALAR(ng_gemm_nt_double_base, NG_ATTR_BASE, double,
                              NG_MADD_PLAIN)
     /* dst (cols, rows) = src (rows, cols) transposed, in blocks of 16 x 16 */
-    #define NG_TRANSPOSE(T)                                                    \
-    static void ng_transpose_##T##_base(ptrdiff_t rows, ptrdiff_t cols,        \
-                                        const T *src, T *dst)                  \
+    #define NG_TRANSPOSE(NAME, T)                                              \
+    static void NAME(ptrdiff_t rows, ptrdiff_t cols, const T *src, T *dst)     \
     {                                                                          \
         for (ptrdiff_t i0 = 0; i0 < rows; i0 += 16)                            \
             for (ptrdiff_t j0 = 0; j0 < cols; j0 += 16)                        \
@@ -455,8 +454,8 @@ cdef extern from *:
                     for (ptrdiff_t j = j0; j < cols && j < j0 + 16; j++)       \
                         dst[j * rows + i] = src[i * cols + j];                 \
     }
-    NG_TRANSPOSE(float)
-    NG_TRANSPOSE(double)
+    NG_TRANSPOSE(ng_transpose_float_base, float)
+    NG_TRANSPOSE(ng_transpose_double, double)
 
     #if NG_DISPATCH
     #define NG_FMAF_S(a, b, c) __builtin_fmaf(a, b, c)
@@ -626,11 +625,7 @@ cdef extern from *:
     static ng_gemm_nt_double_t ng_gemm_nt_double = ng_gemm_nt_double_base;
     typedef void (*ng_transpose_float_t)(ptrdiff_t, ptrdiff_t, const float *,
                                          float *);
-    typedef void (*ng_transpose_double_t)(ptrdiff_t, ptrdiff_t,
-                                          const double *, double *);
     static ng_transpose_float_t ng_transpose_float = ng_transpose_float_base;
-    static ng_transpose_double_t ng_transpose_double =
-        ng_transpose_double_base;
 
     /* the implementation chosen by ng_init */
     typedef void (*ng_gemm_float_t)(ptrdiff_t, ptrdiff_t, ptrdiff_t,

@@ -839,16 +839,14 @@ def _pack(w):
     a pass over one tile reads memory in order. The width (a multiple of the
     vector width, at most _MAX_TILE) changes speed, never results.
     """
-    K, N = w.shape
-    lanes = _VECTOR_BYTES // w.dtype.itemsize
-    width = min(_MAX_TILE, -(-N // lanes) * lanes)
-    return _pack_kernel(w, width)
+    return _pack_kernel(w)
 
 
 @njit(**_JIT)
-def _pack_kernel(w, width):
+def _pack_kernel(w):
     # w (K, N), any strides   returns (ceil(N/width), K, width), see _pack
     K, N = w.shape
+    width = _tile_width(N, _lanes(w))
     n_tiles = (N + width - 1) // width
     packed = np.empty((n_tiles, K, width), w.dtype)
     for tile in range(n_tiles):
@@ -867,6 +865,12 @@ _MAX_TILE = 256   # a multiple of every vector width; measured: 256-wide
 
 
 @njit(**_JIT)
+def _tile_width(n, lanes):
+    # columns per packed tile for n columns: whole vectors, at most _MAX_TILE
+    return min(_MAX_TILE, (n + lanes - 1) // lanes * lanes)
+
+
+@njit(**_JIT)
 def _pack_transposed(w, r0, n):
     # w (*, K) row-contiguous
     # returns _pack(w[r0:r0+n].T): (n_tiles, K, width)
@@ -874,7 +878,7 @@ def _pack_transposed(w, r0, n):
     # value at a time
     K = w.shape[1]
     L = _lanes(w)
-    width = min(_MAX_TILE, (n + L - 1) // L * L)
+    width = _tile_width(n, L)
     n_tiles = (n + width - 1) // width
     packed = np.empty((n_tiles, K, width), w.dtype)
     for tile in range(n_tiles):
