@@ -163,11 +163,13 @@ def test_transposed_pack_matches_the_packed_transpose(dtype, n_rows, n_cols):
     # narrower than a vector, and more rows than one tile holds
     rng = np.random.default_rng(n_rows + n_cols)
     w = rng.standard_normal((n_rows + 7, n_cols)).astype(dtype)
+    lanes = nk._VECTOR_BYTES // np.dtype(dtype).itemsize
     for r0, n in ((0, n_rows), (3, n_rows), (7, n_rows // 3 + 1)):
-        want = nk._pack(np.ascontiguousarray(w[r0:r0 + n].T))
-        got = nk._pack_transposed(w, r0, n)
-        assert got.shape == want.shape
-        assert np.array_equal(got, want)
+        for width in (2 * lanes, nk._MAX_TILE):
+            want = nk._pack(np.ascontiguousarray(w[r0:r0 + n].T), width)
+            got = nk._pack_transposed(w, r0, n, width)
+            assert got.shape == want.shape
+            assert np.array_equal(got, want)
 
 
 @pytest.mark.parametrize("reset_after, reverse", [(True, False), (False, True)])
