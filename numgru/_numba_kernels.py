@@ -57,7 +57,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, overload, register_model
 
-from ._chunks import chunk_steps, step_chunks
+from ._chunks import chunk_steps
 
 __all__ = ["layer_forward", "layer_backward", "cell_forward",
            "step_prepare", "step_forward"]
@@ -1679,11 +1679,13 @@ def _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
         h_last[b0 + s, :] = h[s]
 
 @njit(parallel=True, **_JIT)
-def _forward_kernel(x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0, lengths, T,
-                    reverse, reset_after, out2, h_last, gates2, keep_gates,
-                    gibuf, block, n_workers):
+def _forward_kernel(x2, w_ih, w_hh, b_ih, b_hh, h0, lengths, T, reverse,
+                    reset_after, out2, h_last, gates2, keep_gates, gibuf,
+                    block, n_workers):
     # one task per sample block, taken one at a time (_take_task) by
     # n_workers threads: blocks of shorter samples cost less
+    # w_ih (3H, I), w_hh (3H, H) row-contiguous, packed here
+    w_ih_p, w_rz_p, w_n_p = _pack_forward(w_ih, w_hh)
     n_blocks = (h0.shape[0] + block - 1) // block
     counter = np.zeros(1, np.int64)
     for worker in prange(min(n_workers, n_blocks)):
@@ -1696,9 +1698,11 @@ def _forward_kernel(x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0, lengths, T,
 
 
 @njit(**_JIT)
-def _forward_kernel_serial(x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0, lengths,
-                           T, reverse, reset_after, out2, h_last, gates2,
+def _forward_kernel_serial(x2, w_ih, w_hh, b_ih, b_hh, h0, lengths, T,
+                           reverse, reset_after, out2, h_last, gates2,
                            keep_gates, gibuf, block):
+    # _forward_kernel without a parallel region (same results)
+    w_ih_p, w_rz_p, w_n_p = _pack_forward(w_ih, w_hh)
     n_blocks = (h0.shape[0] + block - 1) // block
     for ib in range(n_blocks):
         _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
@@ -1880,11 +1884,51 @@ def _weight_grad_task(it, tasks, rc, rx, n_rows, x2, dgi_c, dghn_c, hp_c,
                    k0, d_b_hh)
 
 
+@njit(**_JIT)
+def _backward_setup(w_ih, w_hh, lengths, TC, d_h_last, d_x2, d_w_ih, d_w_hh,
+                    d_b_ih, d_b_hh, narrow):
+    # Zeroes the gradients and returns what the backward kernels work with:
+    # w_ih_p, w_hh_p (W_ih and W_hh packed by _pack), dh (a copy of
+    # d_h_last), dh_new and d_rh (scratch like dh), chunks (n, 2): the
+    # (s_lo, s_hi) of step_chunks(max(lengths), TC), and d_w_ih_k, where the
+    # kernels add d_w_ih: a zeroed (I, 3H) array when narrow, else d_w_ih.
+    # Arrays as in layer_backward; d_x2 (B*T, I).
+    w_ih_p = _pack_kernel(w_ih, _MAX_TILE)
+    w_hh_p = _pack_kernel(w_hh, _MAX_TILE)
+    dh = d_h_last.copy()
+    dh_new = np.empty_like(dh)
+    d_rh = np.empty_like(dh)
+    d_x2[:] = 0
+    d_w_hh[:] = 0
+    d_b_ih[:] = 0
+    d_b_hh[:] = 0
+    if narrow:
+        d_w_ih_k = np.zeros((w_ih.shape[1], w_ih.shape[0]), w_ih.dtype)
+    else:
+        d_w_ih[:] = 0
+        d_w_ih_k = d_w_ih
+    max_len = lengths.max()
+    chunks = np.empty(((max_len + TC - 1) // TC, 2), np.int64)
+    for k in range(chunks.shape[0]):
+        chunks[k, 1] = max_len - k * TC
+        chunks[k, 0] = max(0, chunks[k, 1] - TC)
+    return w_ih_p, w_hh_p, dh, dh_new, d_rh, chunks, d_w_ih_k
+
+
+@njit(**_JIT)
+def _backward_finish(narrow, d_w_ih_k, d_w_ih, dh, d_h0):
+    # the last writes of a backward: d_w_ih from the kernels' transpose
+    # when narrow, and d_h0
+    if narrow:
+        d_w_ih[:] = d_w_ih_k.T
+    d_h0[:] = dh
+
+
 @njit(parallel=True, **_JIT)
-def _backward_kernel(w_ih_p, w_hh_p, h0, lengths, T, reverse, reset_after,
-                     out2, gates2, d_out2, dh, dh_new, d_rh, x2, d_x2, chunks,
-                     dgi_c2, dghn_c2, hp_c2, hin_c2, d_w_ih, d_w_hh, d_b_ih,
-                     d_b_hh, narrow, block, n_workers):
+def _backward_kernel(w_ih, w_hh, h0, lengths, T, reverse, reset_after, out2,
+                     gates2, d_out2, d_h_last, d_h0, x2, d_x2, dgi_c2,
+                     dghn_c2, hp_c2, hin_c2, d_w_ih, d_w_hh, d_b_ih, d_b_hh,
+                     narrow, block, n_workers):
     # For each chunk of steps (s_lo, s_hi) = chunks[k], in order: the
     # recurrence over the chunk (one task per sample block), then its terms
     # of the weight gradients (one task per output tile). The chunk arrays
@@ -1894,15 +1938,19 @@ def _backward_kernel(w_ih_p, w_hh_p, h0, lengths, T, reverse, reset_after,
     # k - 1; with S = 1, each has its own region. Tasks are taken one at a
     # time (_take_task), weight-gradient tasks (largest first) before the
     # recurrence. Each weight-gradient tile adds its chunks in order, as in
-    # _backward_kernel_serial (same bits). Other arrays as in
-    # _backward_kernel_task and _weight_grad_task; d_x2 and the weight
-    # gradients start at zero. n_workers: the threads of the region.
+    # _backward_kernel_serial (same bits). The chunks, work arrays and
+    # zeroed gradients come from _backward_setup; other arrays as in
+    # layer_backward, _backward_kernel_task and _weight_grad_task.
+    # n_workers: the threads of the region.
     B, H = h0.shape
     n_blocks = (B + block - 1) // block
-    n_chunks = chunks.shape[0]
     n_sets = dgi_c2.shape[0]
     TC = dgi_c2.shape[1] // B
     I = x2.shape[1]
+    w_ih_p, w_hh_p, dh, dh_new, d_rh, chunks, d_w_ih_k = _backward_setup(
+        w_ih, w_hh, lengths, TC, d_h_last, d_x2, d_w_ih, d_w_hh, d_b_ih,
+        d_b_hh, narrow)
+    n_chunks = chunks.shape[0]
     counter = np.zeros(1, np.int64)
     for k in range(n_chunks + 1):
         n_rec = n_blocks if k < n_chunks else 0
@@ -1930,8 +1978,8 @@ def _backward_kernel(w_ih_p, w_hh_p, h0, lengths, T, reverse, reset_after,
                         _weight_grad_task(it, tasks, rc, rx, n_rows, x2,
                                           dgi_c2[before], dghn_c2[before],
                                           hp_c2[before], hin_c2[before],
-                                          reset_after, narrow, d_w_ih, d_w_hh,
-                                          d_b_ih, d_b_hh)
+                                          reset_after, narrow, d_w_ih_k,
+                                          d_w_hh, d_b_ih, d_b_hh)
                     else:
                         _backward_kernel_task(it - n_tasks, w_ih_p, w_hh_p,
                                               h0, lengths, T, reverse,
@@ -1941,14 +1989,14 @@ def _backward_kernel(w_ih_p, w_hh_p, h0, lengths, T, reverse, reset_after,
                                               dghn_c2[now], hp_c2[now],
                                               hin_c2[now], block)
                     it = _take_task(counter)
+    _backward_finish(narrow, d_w_ih_k, d_w_ih, dh, d_h0)
 
 
 @njit(**_JIT)
-def _backward_kernel_serial(w_ih_p, w_hh_p, h0, lengths, T, reverse,
-                            reset_after, out2, gates2, d_out2, dh, dh_new,
-                            d_rh, x2, d_x2, chunks, dgi_c2, dghn_c2, hp_c2,
-                            hin_c2, d_w_ih, d_w_hh, d_b_ih, d_b_hh, narrow,
-                            block):
+def _backward_kernel_serial(w_ih, w_hh, h0, lengths, T, reverse, reset_after,
+                            out2, gates2, d_out2, d_h_last, d_h0, x2, d_x2,
+                            dgi_c2, dghn_c2, hp_c2, hin_c2, d_w_ih, d_w_hh,
+                            d_b_ih, d_b_hh, narrow, block):
     # _backward_kernel without a parallel region (same results), each chunk
     # in the first of the double chunk arrays
     dgi_c = dgi_c2[0]
@@ -1958,6 +2006,9 @@ def _backward_kernel_serial(w_ih_p, w_hh_p, h0, lengths, T, reverse,
     B, H = h0.shape
     n_blocks = (B + block - 1) // block
     TC = dgi_c.shape[0] // B
+    w_ih_p, w_hh_p, dh, dh_new, d_rh, chunks, d_w_ih_k = _backward_setup(
+        w_ih, w_hh, lengths, TC, d_h_last, d_x2, d_w_ih, d_w_hh, d_b_ih,
+        d_b_hh, narrow)
     for k in range(chunks.shape[0]):
         s_lo = chunks[k, 0]
         s_hi = chunks[k, 1]
@@ -1970,8 +2021,9 @@ def _backward_kernel_serial(w_ih_p, w_hh_p, h0, lengths, T, reverse,
             lengths, T, reverse, s_lo, s_hi, TC, x2.shape[1], H)
         for it in range(tasks.shape[0]):
             _weight_grad_task(it, tasks, rc, rx, n_rows, x2, dgi_c, dghn_c,
-                              hp_c, hin_c, reset_after, narrow, d_w_ih, d_w_hh,
-                              d_b_ih, d_b_hh)
+                              hp_c, hin_c, reset_after, narrow, d_w_ih_k,
+                              d_w_hh, d_b_ih, d_b_hh)
+    _backward_finish(narrow, d_w_ih_k, d_w_ih, dh, d_h0)
 
 
 # ---------------------------------------------------------------------------
@@ -2496,20 +2548,22 @@ def layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse,
     keep = _keep(gates)
     gates2 = gates.reshape(B * T, 4 * H) if keep else np.empty((1, 4 * H),
                                                                x.dtype)
-    w_ih_p, w_rz_p, w_n_p = _pack_forward(np.ascontiguousarray(w_ih),
-                                          np.ascontiguousarray(w_hh))
+    # the kernels pack the weights (_pack_forward), whose row-wide vector
+    # reads need rows in one piece
+    w_ih = np.ascontiguousarray(w_ih)
+    w_hh = np.ascontiguousarray(w_hh)
     TC = chunk_steps(B, T)
     gibuf = _work(0, B * TC * 3 * H, x.dtype).reshape(B * TC, 3 * H)
     if _serial(B, T, I, H, n_threads):
-        _forward_kernel_serial(x.reshape(B * T, I), w_ih_p, w_rz_p, w_n_p,
-                               b_ih, b_hh, h0, lengths, T, bool(reverse),
+        _forward_kernel_serial(x.reshape(B * T, I), w_ih, w_hh, b_ih, b_hh,
+                               h0, lengths, T, bool(reverse),
                                bool(reset_after), out.reshape(B * T, H),
                                h_last, gates2, keep, gibuf,
                                _block_size(B, H, 1))
         return
     with _Run(n_threads) as run:
-        _forward_kernel(x.reshape(B * T, I), w_ih_p, w_rz_p, w_n_p, b_ih, b_hh,
-                        h0, lengths, T, bool(reverse), bool(reset_after),
+        _forward_kernel(x.reshape(B * T, I), w_ih, w_hh, b_ih, b_hh, h0,
+                        lengths, T, bool(reverse), bool(reset_after),
                         out.reshape(B * T, H), h_last, gates2, keep, gibuf,
                         _block_size(B, H, run.n), run.n)
 
@@ -2566,31 +2620,21 @@ def layer_backward(x, w_ih, w_hh, h0, lengths, reverse, reset_after, out,
     else:
         dghn_c = np.empty((n_sets, 1, H), dtype)
         hin_c = _work(2, n_sets * R * H, dtype).reshape(n_sets, R, H)
-    dh = d_h_last.copy()
-    dh_new = np.empty_like(dh)
-    d_rh = np.empty_like(dh)
-    for grad in (d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh):
-        grad.fill(0)
-    # steps go backwards in chunks of TC: the recurrence over a chunk, then
-    # its terms of the weight gradients (added in this fixed order)
-    chunks = np.array(step_chunks(lengths.max(), TC),
-                      dtype=np.int64).reshape(-1, 2)
-    # narrow inputs: the kernels write the transpose of d_w_ih
-    narrow = _narrow_inputs(I, dtype)
-    d_w_ih_k = np.zeros((I, 3 * H), dtype) if narrow else d_w_ih
-    args = (_pack(w_ih), _pack(w_hh), h0, lengths, T, bool(reverse),
-            bool(reset_after), out.reshape(B * T, H),
-            gates.reshape(B * T, 4 * H), d_out.reshape(B * T, H), dh, dh_new,
-            d_rh, x.reshape(B * T, I), d_x.reshape(B * T, I), chunks, dgi_c,
-            dghn_c, hp_c, hin_c, d_w_ih_k, d_w_hh, d_b_ih, d_b_hh, narrow)
+    # steps go backwards in chunks of TC (step_chunks): the recurrence over
+    # a chunk, then its terms of the weight gradients (added in this fixed
+    # order); with narrow inputs the kernels add up the transpose of d_w_ih.
+    # The kernels zero the gradients and pack the weights themselves
+    # (_backward_setup): one compiled call, no Python work in between.
+    args = (w_ih, w_hh, h0, lengths, T, bool(reverse), bool(reset_after),
+            out.reshape(B * T, H), gates.reshape(B * T, 4 * H),
+            d_out.reshape(B * T, H), d_h_last, d_h0, x.reshape(B * T, I),
+            d_x.reshape(B * T, I), dgi_c, dghn_c, hp_c, hin_c, d_w_ih, d_w_hh,
+            d_b_ih, d_b_hh, _narrow_inputs(I, dtype))
     if serial:
         _backward_kernel_serial(*args, _block_size(B, H, 1))
     else:
         with _Run(n_threads) as run:
             _backward_kernel(*args, _block_size(B, H, run.n), run.n)
-    if narrow:
-        d_w_ih[...] = d_w_ih_k.T
-    d_h0[...] = dh
 
 
 def _narrow_inputs(I, dtype):

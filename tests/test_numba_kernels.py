@@ -10,7 +10,7 @@ numba = pytest.importorskip("numba")
 
 from numgru import _reference as ref  # noqa: E402
 from numgru import _numba_kernels as nk  # noqa: E402
-from numgru._chunks import chunk_steps  # noqa: E402
+from numgru._chunks import chunk_steps, step_chunks  # noqa: E402
 from kernel_runs import backward_layer, forward_layer  # noqa: E402
 
 
@@ -170,6 +170,31 @@ def test_transposed_pack_matches_the_packed_transpose(dtype, n_rows, n_cols):
             got = nk._pack_transposed(w, r0, n, width)
             assert got.shape == want.shape
             assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("max_len, steps", [(1, 1), (20, 3), (20, 20), (21, 4),
+                                            (300, 38), (7, 9)])
+def test_backward_setup_chunks_and_zeroed_gradients(max_len, steps):
+    # the chunks the Numba backward computes for itself are step_chunks',
+    # which the Cython backend uses: same summation order
+    B, I, H = 3, 5, 8
+    rng = np.random.default_rng(max_len)
+    lengths = np.array([max_len, max(1, max_len // 2), 1], np.int64)
+    w_ih = rng.standard_normal((3 * H, I))
+    w_hh = rng.standard_normal((3 * H, H))
+    d_h_last = rng.standard_normal((B, H))
+    grads = [np.full(shape, np.nan) for shape in
+             ((B * max_len, I), (3 * H, I), (3 * H, H), (3 * H,), (3 * H,))]
+    for narrow in (False, True):
+        w_ih_p, w_hh_p, dh, _, _, chunks, d_w_ih_k = nk._backward_setup(
+            w_ih, w_hh, lengths, steps, d_h_last, *grads, narrow)
+        assert [tuple(c) for c in chunks] == step_chunks(max_len, steps)
+        assert np.array_equal(w_ih_p, nk._pack(w_ih))
+        assert np.array_equal(w_hh_p, nk._pack(w_hh))
+        assert np.array_equal(dh, d_h_last) and dh is not d_h_last
+        assert all(not g.any() for g in grads[:1] + grads[2:])
+        assert not d_w_ih_k.any()
+        assert d_w_ih_k.shape == ((I, 3 * H) if narrow else (3 * H, I))
 
 
 @pytest.mark.parametrize("reset_after, reverse", [(True, False), (False, True)])
