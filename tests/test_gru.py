@@ -365,7 +365,10 @@ def test_one_bad_value_anywhere_is_found(dtype, compiled, monkeypatch):
     # NaN or infinity at any position, in a vector's worth of values or in
     # the tail after the last whole vector, must still make it NaN
     from numgru import _validation
-    if not compiled:
+    if compiled:
+        from numgru import _numba_kernels  # noqa: F401  (loads the kernel)
+        assert _validation._all_finite_kernel() is not None
+    else:
         monkeypatch.setattr(_validation, "_all_finite_kernel", lambda: None)
     values = np.random.default_rng(0).standard_normal(83).astype(dtype)
     values[5] = np.finfo(dtype).max   # finite extremes stay finite
