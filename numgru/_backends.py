@@ -11,7 +11,7 @@ import os
 # on a busy server: measured here under load, a 2-thread Cython train step ran
 # 4x to 9x slower than a 1-thread one with spinning waits, and as fast with
 # sleeping ones. Threads that sleep at once, though, must be woken at every
-# parallel region, and a backward pass opens two per chunk of steps: GNU
+# parallel region, and a backward pass opens one or two per chunk of steps: GNU
 # OpenMP threads spin 10,000 times (about 0.1 ms) before they sleep, which
 # took a 2-thread Cython backward from 1.7 to 0.9 ms (B, T, I, H = 32, 20,
 # 50, 128) and from 9.0 to 7.0 ms (64, 100, 32, 128) on a quiet machine, and

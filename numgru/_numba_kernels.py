@@ -832,19 +832,13 @@ def _gemm_acc(A, ia, ak0, Wp, wk0, nk, nj, C, ic, cj0, na):
                 _columns(A, ia, ka, W, kw, kn, n, m - n, C, ic, c_lo + n, na)
 
 
-def _pack(w, max_width=None):
-    """Columns of ``w`` (K, N) in contiguous tiles: (ceil(N/width), K, width).
-
-    Tile ``t`` holds columns ``t*width .. t*width+width-1`` (zero padded), so
-    a pass over one tile reads memory in order. The width (whole vectors, at
-    most ``max_width``, by default _MAX_TILE) changes speed, never results.
-    """
-    return _pack_kernel(w, _MAX_TILE if max_width is None else max_width)
-
-
 @njit(**_JIT)
-def _pack_kernel(w, max_width):
-    # w (K, N), any strides   returns (ceil(N/width), K, width), see _pack
+def _pack(w, max_width):
+    # w (K, N), any strides   returns (ceil(N/width), K, width): the columns
+    # of w in contiguous tiles, tile t holding columns t*width ..
+    # t*width+width-1 (zero padded), so a pass over one tile reads memory in
+    # order. The width (whole vectors, at most max_width) changes speed,
+    # never results.
     K, N = w.shape
     width = _tile_width(N, _lanes(w), max_width)
     n_tiles = (N + width - 1) // width
@@ -1893,8 +1887,8 @@ def _backward_setup(w_ih, w_hh, lengths, TC, d_h_last, d_x2, d_w_ih, d_w_hh,
     # (s_lo, s_hi) of step_chunks(max(lengths), TC), and d_w_ih_k, where the
     # kernels add d_w_ih: a zeroed (I, 3H) array when narrow, else d_w_ih.
     # Arrays as in layer_backward; d_x2 (B*T, I).
-    w_ih_p = _pack_kernel(w_ih, _MAX_TILE)
-    w_hh_p = _pack_kernel(w_hh, _MAX_TILE)
+    w_ih_p = _pack(w_ih, _MAX_TILE)
+    w_hh_p = _pack(w_hh, _MAX_TILE)
     dh = d_h_last.copy()
     dh_new = np.empty_like(dh)
     d_rh = np.empty_like(dh)
@@ -2438,8 +2432,8 @@ _SERIAL_WORK = 1 << 17   # B * H * (I + H) below this: one step is too little
                          # work to share between threads
 _SERIAL_TOTAL = 1 << 20  # B * T * H * (I + H) below this: run serially
 _SERIAL_CHUNK = 1 << 20  # B * TC * H * (I + H) below this: the backward, which
-                         # opens two parallel regions per chunk of TC steps,
-                         # runs serially
+                         # opens one or two parallel regions per chunk of TC
+                         # steps, runs serially
 
 
 def _serial(B, T, I, H, n_threads, backward=False):

@@ -147,7 +147,8 @@ def test_recurrent_product_is_one_fma_chain(dtype, n_rows, n_sum, n_cols):
     ia = rng.permutation(n_rows + 3)[:n_rows].astype(np.int64)
     ic = rng.permutation(n_rows + 5)[:n_rows].astype(np.int64)
     C = C0.copy()
-    nk._gemm_acc(A, ia, 2, nk._pack(W), 1, n_sum, n_cols, C, ic, 1, n_rows)
+    nk._gemm_acc(A, ia, 2, nk._pack(W, nk._MAX_TILE), 1, n_sum, n_cols, C,
+                 ic, 1, n_rows)
     C_chain = C0.copy()
     _fma_chain_rows(A, ia, 2, W, 1, n_sum, C_chain, ic, 1)
     assert np.array_equal(C[ic], C_chain[ic])
@@ -189,8 +190,8 @@ def test_backward_setup_chunks_and_zeroed_gradients(max_len, steps):
         w_ih_p, w_hh_p, dh, _, _, chunks, d_w_ih_k = nk._backward_setup(
             w_ih, w_hh, lengths, steps, d_h_last, *grads, narrow)
         assert [tuple(c) for c in chunks] == step_chunks(max_len, steps)
-        assert np.array_equal(w_ih_p, nk._pack(w_ih))
-        assert np.array_equal(w_hh_p, nk._pack(w_hh))
+        assert np.array_equal(w_ih_p, nk._pack(w_ih, nk._MAX_TILE))
+        assert np.array_equal(w_hh_p, nk._pack(w_hh, nk._MAX_TILE))
         assert np.array_equal(dh, d_h_last) and dh is not d_h_last
         assert all(not g.any() for g in grads[:1] + grads[2:])
         assert not d_w_ih_k.any()
