@@ -11,9 +11,11 @@ How the kernels are organised:
 
 - Parallelism is over fixed-size blocks of samples. Each block runs its own
   full time loop; there is no synchronisation between steps. A parallel
-  region runs one worker per thread, and workers take tasks (sample blocks,
-  weight-gradient tiles) one at a time from a shared counter, so tasks of
-  unequal cost share the threads evenly.
+  region runs one worker per thread. Worker i first runs sample block i, in
+  the forward and in every region of the backward, so that a block's
+  activations are read back on the core that wrote them; further tasks
+  (sample blocks, weight-gradient tiles) are taken one at a time from a
+  shared counter, so tasks of unequal cost share the threads evenly.
 - The sequence is processed in chunks of about an eighth of its steps (see
   ``numgru._chunks``): the forward computes the input projection ``x @ W_ih^T``
   of a block one chunk at a time, and the backward runs the recurrence over
@@ -534,6 +536,14 @@ def _with_lane(typingctx, v, i, s):
 # idle. A parallel region instead runs one worker per thread, and each
 # worker takes the next task from a shared counter until none is left. Each
 # task writes its own outputs, so which thread ran it never changes a bit.
+#
+# Worker i runs sample block i before it takes any task: the forward and
+# the backward then process a block on the same thread when there is one
+# block per thread (with the OpenMP threading layer, worker i is the same
+# thread in every region), so the block's gates and states are read back
+# from the cache of the core that wrote them. Measured at the textbook-torch
+# shape, 2 threads: a train step 1.02x to 1.05x faster than with every block
+# taken from the counter.
 
 
 @intrinsic
@@ -1676,19 +1686,21 @@ def _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
 def _forward_kernel(x2, w_ih, w_hh, b_ih, b_hh, h0, lengths, T, reverse,
                     reset_after, out2, h_last, gates2, keep_gates, gibuf,
                     block, n_workers):
-    # one task per sample block, taken one at a time (_take_task) by
-    # n_workers threads: blocks of shorter samples cost less
+    # one task per sample block: worker i runs block i, then takes blocks
+    # n_run, n_run + 1, ... one at a time (_take_task), as blocks of shorter
+    # samples cost less; n_run workers on up to n_workers threads
     # w_ih (3H, I), w_hh (3H, H) row-contiguous, packed here
     w_ih_p, w_rz_p, w_n_p = _pack_forward(w_ih, w_hh)
     n_blocks = (h0.shape[0] + block - 1) // block
+    n_run = min(n_workers, n_blocks)
     counter = np.zeros(1, np.int64)
-    for worker in prange(min(n_workers, n_blocks)):
-        ib = _take_task(counter)
+    for worker in prange(n_run):
+        ib = np.int64(worker)
         while ib < n_blocks:
             _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh,
                                  h0, lengths, T, reverse, reset_after, out2,
                                  h_last, gates2, keep_gates, gibuf, block)
-            ib = _take_task(counter)
+            ib = _take_task(counter) + n_run
 
 
 @njit(**_JIT)
@@ -1929,9 +1941,10 @@ def _backward_kernel(w_ih, w_hh, h0, lengths, T, reverse, reset_after, out2,
     # dgi_c2 (S, B*TC, 3H), dghn_c2, hp_c2, hin_c2 (S, *, H) hold S = 1 or 2
     # chunks, chunk k in [k % S]. With S = 2, one parallel region runs the
     # recurrence of chunk k together with the weight gradients of chunk
-    # k - 1; with S = 1, each has its own region. Tasks are taken one at a
-    # time (_take_task), weight-gradient tasks (largest first) before the
-    # recurrence. Each weight-gradient tile adds its chunks in order, as in
+    # k - 1; with S = 1, each has its own region. In a region, worker i
+    # runs sample block i, then takes further blocks, then weight-gradient
+    # tasks (largest first), one at a time (_take_task, one counter each).
+    # Each weight-gradient tile adds its chunks in order, as in
     # _backward_kernel_serial (same bits). The chunks, work arrays and
     # zeroed gradients come from _backward_setup; other arrays as in
     # layer_backward, _backward_kernel_task and _weight_grad_task.
@@ -1945,7 +1958,8 @@ def _backward_kernel(w_ih, w_hh, h0, lengths, T, reverse, reset_after, out2,
         w_ih, w_hh, lengths, TC, d_h_last, d_x2, d_w_ih, d_w_hh, d_b_ih,
         d_b_hh, narrow)
     n_chunks = chunks.shape[0]
-    counter = np.zeros(1, np.int64)
+    next_block = np.zeros(1, np.int64)
+    next_tile = np.zeros(1, np.int64)
     for k in range(n_chunks + 1):
         n_rec = n_blocks if k < n_chunks else 0
         s_lo = chunks[min(k, n_chunks - 1), 0]
@@ -1958,31 +1972,34 @@ def _backward_kernel(w_ih, w_hh, h0, lengths, T, reverse, reset_after, out2,
         n_tasks = tasks.shape[0] if k > 0 else 0
         now = k % n_sets
         before = (k + n_sets - 1) % n_sets
-        # tasks 0 .. n_tasks-1: weight gradients; then the sample blocks
+        # the n_rb sample blocks of chunk k and the n_wg weight-gradient
+        # tasks of chunk k - 1: one region, or two in turn when S = 1
         for phase in range(3 - n_sets):
-            t_lo = n_tasks if n_sets == 1 and phase == 1 else 0
-            t_hi = n_tasks if n_sets == 1 and phase == 0 else n_tasks + n_rec
-            if t_hi <= t_lo:
+            n_wg = 0 if n_sets == 1 and phase == 1 else n_tasks
+            n_rb = 0 if n_sets == 1 and phase == 0 else n_rec
+            n_run = min(n_workers, n_wg + n_rb)
+            if n_run == 0:
                 continue
-            counter[0] = t_lo
-            for worker in prange(min(n_workers, t_hi - t_lo)):
-                it = _take_task(counter)
-                while it < t_hi:
-                    if it < n_tasks:
-                        _weight_grad_task(it, tasks, rc, rx, n_rows, x2,
-                                          dgi_c2[before], dghn_c2[before],
-                                          hp_c2[before], hin_c2[before],
-                                          reset_after, narrow, d_w_ih_k,
-                                          d_w_hh, d_b_ih, d_b_hh)
-                    else:
-                        _backward_kernel_task(it - n_tasks, w_ih_p, w_hh_p,
-                                              h0, lengths, T, reverse,
-                                              reset_after, out2, gates2,
-                                              d_out2, dh, dh_new, d_rh, d_x2,
-                                              s_lo, s_hi, dgi_c2[now],
-                                              dghn_c2[now], hp_c2[now],
-                                              hin_c2[now], block)
-                    it = _take_task(counter)
+            next_block[0] = 0
+            next_tile[0] = 0
+            for worker in prange(n_run):
+                it = np.int64(worker)
+                while it < n_rb:
+                    _backward_kernel_task(it, w_ih_p, w_hh_p, h0, lengths, T,
+                                          reverse, reset_after, out2, gates2,
+                                          d_out2, dh, dh_new, d_rh, d_x2,
+                                          s_lo, s_hi, dgi_c2[now],
+                                          dghn_c2[now], hp_c2[now],
+                                          hin_c2[now], block)
+                    it = _take_task(next_block) + n_run
+                it = _take_task(next_tile)
+                while it < n_wg:
+                    _weight_grad_task(it, tasks, rc, rx, n_rows, x2,
+                                      dgi_c2[before], dghn_c2[before],
+                                      hp_c2[before], hin_c2[before],
+                                      reset_after, narrow, d_w_ih_k, d_w_hh,
+                                      d_b_ih, d_b_hh)
+                    it = _take_task(next_tile)
     _backward_finish(narrow, d_w_ih_k, d_w_ih, dh, d_h0)
 
 
