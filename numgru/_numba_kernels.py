@@ -844,23 +844,29 @@ def _gemm_acc(A, ia, ak0, Wp, wk0, nk, nj, C, ic, cj0, na):
 
 @njit(**_JIT)
 def _pack(w, max_width):
-    # w (K, N), any strides   returns (ceil(N/width), K, width): the columns
-    # of w in contiguous tiles, tile t holding columns t*width ..
+    # w (K, N) row-contiguous   returns (ceil(N/width), K, width): the
+    # columns of w in contiguous tiles, tile t holding columns t*width ..
     # t*width+width-1 (zero padded), so a pass over one tile reads memory in
     # order. The width (whole vectors, at most max_width) changes speed,
-    # never results.
+    # never results. Copied a vector at a time where whole vectors fit.
     K, N = w.shape
-    width = _tile_width(N, _lanes(w), max_width)
+    L = _lanes(w)
+    width = _tile_width(N, L, max_width)
     n_tiles = (N + width - 1) // width
     packed = np.empty((n_tiles, K, width), w.dtype)
     for tile in range(n_tiles):
         j0 = tile * width
         m = min(width, N - j0)
+        P = packed[tile]
         for k in range(K):
-            for j in range(m):
-                packed[tile, k, j] = w[k, j0 + j]
+            j = 0
+            while j + L <= m:
+                _vstore(P, k, j, _vload(w, k, j0 + j))
+                j += L
+            for j in range(j, m):
+                P[k, j] = w[k, j0 + j]
             for j in range(m, width):
-                packed[tile, k, j] = 0
+                P[k, j] = 0
     return packed
 
 
@@ -1719,15 +1725,17 @@ def _forward_kernel_serial(x2, w_ih, w_hh, b_ih, b_hh, h0, lengths, T,
 @njit(**_JIT)
 def _backward_kernel_task(ib, w_ih_p, w_hh_p, h0, lengths, T, reverse,
                           reset_after, out2, gates2, d_out2, dh, dh_new, d_rh,
-                          d_x2, s_lo, s_hi, dgi_c, dghn_c, hp_c, hin_c, block):
-    # Steps s_hi-1 down to s_lo of the samples of block ib.
+                          d_x2, s_lo, s_hi, dgi_c, dghn_c, hp_c, hin_c, block,
+                          first):
+    # Steps s_hi-1 down to s_lo of the samples of block ib; first: the
+    # first chunk (the block's rows of d_x2 are zeroed here).
     # w_ih_p, w_hh_p: W_ih (3H, I) and W_hh (3H, H), packed by _pack
     # h0 (B, H)   lengths (B,)
     # out2 (B*T, H)   gates2 (B*T, 4H)   d_out2 (B*T, H)
     # dh (B, H) in: gradient of the states after step s_hi-1 (d_h_last
     #   where a sample's steps end); out: after step s_lo-1
     # dh_new, d_rh (B, H) scratch
-    # d_x2 (B*T, I): rows of these steps added to (zero before)
+    # d_x2 (B*T, I): rows of these steps added to (zeroed when first)
     # written, chunk row b*TC + step - s_lo (TC = dgi_c.shape[0] // B):
     #   dgi_c (B*TC, 3H) gradient of gi   dghn_c (B*TC, H) gradient of gh_n
     #   (reset_after)   hp_c (B*TC, H) previous state   hin_c (B*TC, H) r * h
@@ -1738,6 +1746,8 @@ def _backward_kernel_task(ib, w_ih_p, w_hh_p, h0, lengths, T, reverse,
     TC = dgi_c.shape[0] // B
     b0 = ib * block
     nb = min(B, b0 + block) - b0
+    if first:
+        d_x2[b0 * T:(b0 + nb) * T] = 0
     active = np.empty(nb, np.int64)
     rows = np.empty(nb, np.int64)
     crow = np.empty(nb, np.int64)
@@ -1860,17 +1870,30 @@ def _weight_grad_setup(lengths, T, reverse, s_lo, s_hi, TC, I, H):
 @njit(**_JIT)
 def _weight_grad_task(it, tasks, rc, rx, n_rows, x2, dgi_c, dghn_c, hp_c,
                       hin_c, reset_after, narrow, d_w_ih, d_w_hh, d_b_ih,
-                      d_b_hh):
+                      d_b_hh, first):
     # task it of _weight_grad_setup's table: adds the rows (rc, rx) of one
     # chunk of steps to its tile of d_w_ih (3H, I), or of its transpose
     # (I, 3H) when narrow, or of d_w_hh (3H, H), and to d_b_ih or d_b_hh
-    # (3H,); arrays as in _backward_kernel_task
+    # (3H,); arrays as in _backward_kernel_task. first: the first chunk (the
+    # tile and its bias, which the task owns, are zeroed here)
     H = hp_c.shape[1]
     which = tasks[it, 0]
     j0 = tasks[it, 1]
     j1 = tasks[it, 2]
     k0 = tasks[it, 3]
     nk = tasks[it, 4] - k0
+    if first:
+        if which == 0 and narrow:
+            d_w_ih[k0:k0 + nk, j0:j1] = 0
+        elif which == 0:
+            d_w_ih[j0:j1, k0:k0 + nk] = 0
+        else:
+            d_w_hh[j0:j1, k0:k0 + nk] = 0
+        if k0 == 0:
+            if which == 0:
+                d_b_ih[j0:j1] = 0
+            else:
+                d_b_hh[j0:j1] = 0
     if which == 0 and narrow:
         # vectors along the gate axis (see _narrow_inputs)
         _outer_t(x2, rx, nk, dgi_c, rc, j0, j1 - j0, n_rows, d_w_ih, j0)
@@ -1891,27 +1914,22 @@ def _weight_grad_task(it, tasks, rc, rx, n_rows, x2, dgi_c, dghn_c, hp_c,
 
 
 @njit(**_JIT)
-def _backward_setup(w_ih, w_hh, lengths, TC, d_h_last, d_x2, d_w_ih, d_w_hh,
-                    d_b_ih, d_b_hh, narrow):
-    # Zeroes the gradients and returns what the backward kernels work with:
-    # w_ih_p, w_hh_p (W_ih and W_hh packed by _pack), dh (a copy of
-    # d_h_last), dh_new and d_rh (scratch like dh), chunks (n, 2): the
-    # (s_lo, s_hi) of step_chunks(max(lengths), TC), and d_w_ih_k, where the
-    # kernels add d_w_ih: a zeroed (I, 3H) array when narrow, else d_w_ih.
+def _backward_setup(w_ih, w_hh, lengths, TC, d_h_last, d_w_ih, narrow):
+    # Returns what the backward kernels work with: w_ih_p, w_hh_p (W_ih and
+    # W_hh packed by _pack), dh (a copy of d_h_last), dh_new and d_rh
+    # (scratch like dh), chunks (n, 2): the (s_lo, s_hi) of
+    # step_chunks(max(lengths), TC), and d_w_ih_k, where the kernels add
+    # d_w_ih: an (I, 3H) array when narrow, else d_w_ih. The tasks of the
+    # first chunk zero the gradients (each its own part, on its own thread).
     # Arrays as in layer_backward; d_x2 (B*T, I).
     w_ih_p = _pack(w_ih, _MAX_TILE)
     w_hh_p = _pack(w_hh, _MAX_TILE)
     dh = d_h_last.copy()
     dh_new = np.empty_like(dh)
     d_rh = np.empty_like(dh)
-    d_x2[:] = 0
-    d_w_hh[:] = 0
-    d_b_ih[:] = 0
-    d_b_hh[:] = 0
     if narrow:
-        d_w_ih_k = np.zeros((w_ih.shape[1], w_ih.shape[0]), w_ih.dtype)
+        d_w_ih_k = np.empty((w_ih.shape[1], w_ih.shape[0]), w_ih.dtype)
     else:
-        d_w_ih[:] = 0
         d_w_ih_k = d_w_ih
     max_len = lengths.max()
     chunks = np.empty(((max_len + TC - 1) // TC, 2), np.int64)
@@ -1955,8 +1973,7 @@ def _backward_kernel(w_ih, w_hh, h0, lengths, T, reverse, reset_after, out2,
     TC = dgi_c2.shape[1] // B
     I = x2.shape[1]
     w_ih_p, w_hh_p, dh, dh_new, d_rh, chunks, d_w_ih_k = _backward_setup(
-        w_ih, w_hh, lengths, TC, d_h_last, d_x2, d_w_ih, d_w_hh, d_b_ih,
-        d_b_hh, narrow)
+        w_ih, w_hh, lengths, TC, d_h_last, d_w_ih, narrow)
     n_chunks = chunks.shape[0]
     next_block = np.zeros(1, np.int64)
     next_tile = np.zeros(1, np.int64)
@@ -1990,7 +2007,7 @@ def _backward_kernel(w_ih, w_hh, h0, lengths, T, reverse, reset_after, out2,
                                           d_out2, dh, dh_new, d_rh, d_x2,
                                           s_lo, s_hi, dgi_c2[now],
                                           dghn_c2[now], hp_c2[now],
-                                          hin_c2[now], block)
+                                          hin_c2[now], block, k == 0)
                     it = _take_task(next_block) + n_run
                 it = _take_task(next_tile)
                 while it < n_wg:
@@ -1998,7 +2015,7 @@ def _backward_kernel(w_ih, w_hh, h0, lengths, T, reverse, reset_after, out2,
                                       dgi_c2[before], dghn_c2[before],
                                       hp_c2[before], hin_c2[before],
                                       reset_after, narrow, d_w_ih_k, d_w_hh,
-                                      d_b_ih, d_b_hh)
+                                      d_b_ih, d_b_hh, k == 1)
                     it = _take_task(next_tile)
     _backward_finish(narrow, d_w_ih_k, d_w_ih, dh, d_h0)
 
@@ -2018,8 +2035,7 @@ def _backward_kernel_serial(w_ih, w_hh, h0, lengths, T, reverse, reset_after,
     n_blocks = (B + block - 1) // block
     TC = dgi_c.shape[0] // B
     w_ih_p, w_hh_p, dh, dh_new, d_rh, chunks, d_w_ih_k = _backward_setup(
-        w_ih, w_hh, lengths, TC, d_h_last, d_x2, d_w_ih, d_w_hh, d_b_ih,
-        d_b_hh, narrow)
+        w_ih, w_hh, lengths, TC, d_h_last, d_w_ih, narrow)
     for k in range(chunks.shape[0]):
         s_lo = chunks[k, 0]
         s_hi = chunks[k, 1]
@@ -2027,13 +2043,13 @@ def _backward_kernel_serial(w_ih, w_hh, h0, lengths, T, reverse, reset_after,
             _backward_kernel_task(ib, w_ih_p, w_hh_p, h0, lengths, T, reverse,
                                   reset_after, out2, gates2, d_out2, dh,
                                   dh_new, d_rh, d_x2, s_lo, s_hi, dgi_c,
-                                  dghn_c, hp_c, hin_c, block)
+                                  dghn_c, hp_c, hin_c, block, k == 0)
         rc, rx, n_rows, tasks = _weight_grad_setup(
             lengths, T, reverse, s_lo, s_hi, TC, x2.shape[1], H)
         for it in range(tasks.shape[0]):
             _weight_grad_task(it, tasks, rc, rx, n_rows, x2, dgi_c, dghn_c,
                               hp_c, hin_c, reset_after, narrow, d_w_ih_k,
-                              d_w_hh, d_b_ih, d_b_hh)
+                              d_w_hh, d_b_ih, d_b_hh, k == 0)
     _backward_finish(narrow, d_w_ih_k, d_w_ih, dh, d_h0)
 
 
@@ -2634,8 +2650,11 @@ def layer_backward(x, w_ih, w_hh, h0, lengths, reverse, reset_after, out,
     # steps go backwards in chunks of TC (step_chunks): the recurrence over
     # a chunk, then its terms of the weight gradients (added in this fixed
     # order); with narrow inputs the kernels add up the transpose of d_w_ih.
-    # The kernels zero the gradients and pack the weights themselves
-    # (_backward_setup): one compiled call, no Python work in between.
+    # The kernels pack the weights (_backward_setup; its vector reads need
+    # rows in one piece) and zero the gradients themselves: one compiled
+    # call, no Python work in between.
+    w_ih = np.ascontiguousarray(w_ih)
+    w_hh = np.ascontiguousarray(w_hh)
     args = (w_ih, w_hh, h0, lengths, T, bool(reverse), bool(reset_after),
             out.reshape(B * T, H), gates.reshape(B * T, 4 * H),
             d_out.reshape(B * T, H), d_h_last, d_h0, x.reshape(B * T, I),

@@ -157,6 +157,24 @@ def test_recurrent_product_is_one_fma_chain(dtype, n_rows, n_sum, n_cols):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_cols", [1, 7, 16, 50, 128, 300, 513])
+def test_pack_tiles_the_columns(dtype, n_cols):
+    # whole vectors, a part of a vector at the end of a tile, several tiles
+    rng = np.random.default_rng(n_cols)
+    w = rng.standard_normal((11, n_cols)).astype(dtype)
+    lanes = nk._VECTOR_BYTES // np.dtype(dtype).itemsize
+    for max_width in (2 * lanes, nk._MAX_TILE):
+        width = min(max_width, -(-n_cols // lanes) * lanes)
+        want = np.zeros((-(-n_cols // width), 11, width), dtype)
+        for tile in range(want.shape[0]):
+            cols = w[:, tile * width:(tile + 1) * width]
+            want[tile, :, :cols.shape[1]] = cols
+        got = nk._pack(w, max_width)
+        assert got.shape == want.shape
+        assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_rows, n_cols", [
     (384, 50), (96, 32), (99, 33), (5, 7), (48, 1), (600, 20)])
 def test_transposed_pack_matches_the_packed_transpose(dtype, n_rows, n_cols):
@@ -175,7 +193,7 @@ def test_transposed_pack_matches_the_packed_transpose(dtype, n_rows, n_cols):
 
 @pytest.mark.parametrize("max_len, steps", [(1, 1), (20, 3), (20, 20), (21, 4),
                                             (300, 38), (7, 9)])
-def test_backward_setup_chunks_and_zeroed_gradients(max_len, steps):
+def test_backward_setup_chunks(max_len, steps):
     # the chunks the Numba backward computes for itself are step_chunks',
     # which the Cython backend uses: same summation order
     B, I, H = 3, 5, 8
@@ -184,18 +202,38 @@ def test_backward_setup_chunks_and_zeroed_gradients(max_len, steps):
     w_ih = rng.standard_normal((3 * H, I))
     w_hh = rng.standard_normal((3 * H, H))
     d_h_last = rng.standard_normal((B, H))
-    grads = [np.full(shape, np.nan) for shape in
-             ((B * max_len, I), (3 * H, I), (3 * H, H), (3 * H,), (3 * H,))]
+    d_w_ih = np.full((3 * H, I), np.nan)
     for narrow in (False, True):
         w_ih_p, w_hh_p, dh, _, _, chunks, d_w_ih_k = nk._backward_setup(
-            w_ih, w_hh, lengths, steps, d_h_last, *grads, narrow)
+            w_ih, w_hh, lengths, steps, d_h_last, d_w_ih, narrow)
         assert [tuple(c) for c in chunks] == step_chunks(max_len, steps)
         assert np.array_equal(w_ih_p, nk._pack(w_ih, nk._MAX_TILE))
         assert np.array_equal(w_hh_p, nk._pack(w_hh, nk._MAX_TILE))
         assert np.array_equal(dh, d_h_last) and dh is not d_h_last
-        assert all(not g.any() for g in grads[:1] + grads[2:])
-        assert not d_w_ih_k.any()
         assert d_w_ih_k.shape == ((I, 3 * H) if narrow else (3 * H, I))
+        assert narrow or d_w_ih_k is d_w_ih
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("I, H", [(3, 40), (300, 264)])
+def test_backward_zeroes_every_gradient_element(n_threads, I, H, monkeypatch):
+    # the tasks of the first chunk zero the gradients, each its own part:
+    # outputs full of NaN beforehand come back equal to the reference, with
+    # samples shorter than the sequence (their d_x rows past the end are 0),
+    # narrow (I = 3) input weights, and (I = 300, H = 264) weight-gradient
+    # tiles split along both axes (_TASK_ROWS, _TASK_COLS)
+    assert I == 3 or (3 * H > nk._TASK_ROWS and min(I, H) > nk._TASK_COLS)
+    for name in ("_SERIAL_WORK", "_SERIAL_TOTAL", "_SERIAL_CHUNK"):
+        monkeypatch.setattr(nk, name, 0)
+    B, T = 5, 9
+    p = make_problem(B, T, I, H, np.float64, True, seed=11)
+    p["lengths"][:] = [T, 1, 4, T, 7]
+    fwd = forward_layer(ref, p, False, True, 1, True, fill=7)
+    want = backward_layer(ref, p, fwd, False, True, 1, fill=7)
+    got = backward_layer(nk, p, fwd, False, True, n_threads, fill=np.nan)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-10,
+                                   err_msg=name)
 
 
 @pytest.mark.parametrize("reset_after, reverse", [(True, False), (False, True)])
