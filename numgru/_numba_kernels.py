@@ -544,6 +544,20 @@ def _with_lane(typingctx, v, i, s):
 # from the cache of the core that wrote them. Measured at the textbook-torch
 # shape, 2 threads: a train step 1.02x to 1.05x faster than with every block
 # taken from the counter.
+#
+# Weights packed by every worker: the forward and the backward pack their
+# weights inside the parallel region, each worker a copy of its own, not on
+# the calling thread before the region. OpenMP threads that idle for more
+# than about 0.1 ms fall asleep (GOMP_SPINCOUNT, see numgru._backends), and
+# waking them took about 65 us on the development machine. In a train loop
+# at the textbook-torch shape the forward's packs took 25 to 35 us on the
+# calling thread (the weights had left the cache), often enough for the
+# threads to fall asleep first; inside the region they run while the other
+# threads start. Each copy also stays in its own core's cache. Measured at
+# the GRU level, 2 threads: forward 1.08x faster at textbook-torch and 1.13x
+# at small, train step 1.07x at textbook-torch, no change at the other
+# shapes. The arrays of a parallel function are made with np.empty: Numba
+# turns np.zeros there into a parallel region of its own.
 
 
 @intrinsic
@@ -848,12 +862,27 @@ def _pack(w, max_width):
     # columns of w in contiguous tiles, tile t holding columns t*width ..
     # t*width+width-1 (zero padded), so a pass over one tile reads memory in
     # order. The width (whole vectors, at most max_width) changes speed,
-    # never results. Copied a vector at a time where whole vectors fit.
+    # never results.
+    packed = np.empty(_packed_shape(w, max_width), w.dtype)
+    _pack_into(w, packed)
+    return packed
+
+
+@njit(**_JIT)
+def _packed_shape(w, max_width):
+    # the shape of _pack(w, max_width)
+    K, N = w.shape
+    width = _tile_width(N, _lanes(w), max_width)
+    return ((N + width - 1) // width, K, width)
+
+
+@njit(**_JIT)
+def _pack_into(w, packed):
+    # packed (n_tiles, K, width) = _pack(w, width), copied a vector at a
+    # time where whole vectors fit
     K, N = w.shape
     L = _lanes(w)
-    width = _tile_width(N, L, max_width)
-    n_tiles = (N + width - 1) // width
-    packed = np.empty((n_tiles, K, width), w.dtype)
+    n_tiles, _, width = packed.shape
     for tile in range(n_tiles):
         j0 = tile * width
         m = min(width, N - j0)
@@ -867,7 +896,6 @@ def _pack(w, max_width):
                 P[k, j] = w[k, j0 + j]
             for j in range(m, width):
                 P[k, j] = 0
-    return packed
 
 
 _MAX_TILE = 256   # widest tile of the backward's packed weights, a multiple
@@ -1695,12 +1723,14 @@ def _forward_kernel(x2, w_ih, w_hh, b_ih, b_hh, h0, lengths, T, reverse,
     # one task per sample block: worker i runs block i, then takes blocks
     # n_run, n_run + 1, ... one at a time (_take_task), as blocks of shorter
     # samples cost less; n_run workers on up to n_workers threads
-    # w_ih (3H, I), w_hh (3H, H) row-contiguous, packed here
-    w_ih_p, w_rz_p, w_n_p = _pack_forward(w_ih, w_hh)
+    # w_ih (3H, I), w_hh (3H, H) row-contiguous, packed by every worker for
+    # itself (see "Weights packed by every worker" above)
     n_blocks = (h0.shape[0] + block - 1) // block
     n_run = min(n_workers, n_blocks)
-    counter = np.zeros(1, np.int64)
+    counter = np.empty(1, np.int64)
+    counter[0] = 0
     for worker in prange(n_run):
+        w_ih_p, w_rz_p, w_n_p = _pack_forward(w_ih, w_hh)
         ib = np.int64(worker)
         while ib < n_blocks:
             _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh,
@@ -1914,16 +1944,13 @@ def _weight_grad_task(it, tasks, rc, rx, n_rows, x2, dgi_c, dghn_c, hp_c,
 
 
 @njit(**_JIT)
-def _backward_setup(w_ih, w_hh, lengths, TC, d_h_last, d_w_ih, narrow):
-    # Returns what the backward kernels work with: w_ih_p, w_hh_p (W_ih and
-    # W_hh packed by _pack), dh (a copy of d_h_last), dh_new and d_rh
-    # (scratch like dh), chunks (n, 2): the (s_lo, s_hi) of
+def _backward_setup(w_ih, lengths, TC, d_h_last, d_w_ih, narrow):
+    # Returns what the backward kernels work with: dh (a copy of d_h_last),
+    # dh_new and d_rh (scratch like dh), chunks (n, 2): the (s_lo, s_hi) of
     # step_chunks(max(lengths), TC), and d_w_ih_k, where the kernels add
     # d_w_ih: an (I, 3H) array when narrow, else d_w_ih. The tasks of the
     # first chunk zero the gradients (each its own part, on its own thread).
-    # Arrays as in layer_backward; d_x2 (B*T, I).
-    w_ih_p = _pack(w_ih, _MAX_TILE)
-    w_hh_p = _pack(w_hh, _MAX_TILE)
+    # Arrays as in layer_backward.
     dh = d_h_last.copy()
     dh_new = np.empty_like(dh)
     d_rh = np.empty_like(dh)
@@ -1936,7 +1963,7 @@ def _backward_setup(w_ih, w_hh, lengths, TC, d_h_last, d_w_ih, narrow):
     for k in range(chunks.shape[0]):
         chunks[k, 1] = max_len - k * TC
         chunks[k, 0] = max(0, chunks[k, 1] - TC)
-    return w_ih_p, w_hh_p, dh, dh_new, d_rh, chunks, d_w_ih_k
+    return dh, dh_new, d_rh, chunks, d_w_ih_k
 
 
 @njit(**_JIT)
@@ -1963,20 +1990,26 @@ def _backward_kernel(w_ih, w_hh, h0, lengths, T, reverse, reset_after, out2,
     # runs sample block i, then takes further blocks, then weight-gradient
     # tasks (largest first), one at a time (_take_task, one counter each).
     # Each weight-gradient tile adds its chunks in order, as in
-    # _backward_kernel_serial (same bits). The chunks, work arrays and
-    # zeroed gradients come from _backward_setup; other arrays as in
-    # layer_backward, _backward_kernel_task and _weight_grad_task.
-    # n_workers: the threads of the region.
+    # _backward_kernel_serial (same bits). The chunks and work arrays come
+    # from _backward_setup; other arrays as in layer_backward,
+    # _backward_kernel_task and _weight_grad_task. n_workers: the threads of
+    # the region. Worker i packs its own copy of the weights, w_ih_ps[i] and
+    # w_hh_ps[i], in the first region (see "Weights packed by every worker"
+    # above); that region has n_packs workers, and only workers whose index
+    # is below the number of blocks ever run a block.
     B, H = h0.shape
     n_blocks = (B + block - 1) // block
     n_sets = dgi_c2.shape[0]
     TC = dgi_c2.shape[1] // B
     I = x2.shape[1]
-    w_ih_p, w_hh_p, dh, dh_new, d_rh, chunks, d_w_ih_k = _backward_setup(
-        w_ih, w_hh, lengths, TC, d_h_last, d_w_ih, narrow)
+    dh, dh_new, d_rh, chunks, d_w_ih_k = _backward_setup(
+        w_ih, lengths, TC, d_h_last, d_w_ih, narrow)
+    n_packs = min(n_workers, n_blocks)
+    w_ih_ps = np.empty((n_packs,) + _packed_shape(w_ih, _MAX_TILE), w_ih.dtype)
+    w_hh_ps = np.empty((n_packs,) + _packed_shape(w_hh, _MAX_TILE), w_hh.dtype)
     n_chunks = chunks.shape[0]
-    next_block = np.zeros(1, np.int64)
-    next_tile = np.zeros(1, np.int64)
+    next_block = np.empty(1, np.int64)
+    next_tile = np.empty(1, np.int64)
     for k in range(n_chunks + 1):
         n_rec = n_blocks if k < n_chunks else 0
         s_lo = chunks[min(k, n_chunks - 1), 0]
@@ -2000,9 +2033,13 @@ def _backward_kernel(w_ih, w_hh, h0, lengths, T, reverse, reset_after, out2,
             next_block[0] = 0
             next_tile[0] = 0
             for worker in prange(n_run):
+                if k == 0 and worker < n_packs:
+                    _pack_into(w_ih, w_ih_ps[worker])
+                    _pack_into(w_hh, w_hh_ps[worker])
                 it = np.int64(worker)
                 while it < n_rb:
-                    _backward_kernel_task(it, w_ih_p, w_hh_p, h0, lengths, T,
+                    _backward_kernel_task(it, w_ih_ps[worker],
+                                          w_hh_ps[worker], h0, lengths, T,
                                           reverse, reset_after, out2, gates2,
                                           d_out2, dh, dh_new, d_rh, d_x2,
                                           s_lo, s_hi, dgi_c2[now],
@@ -2034,8 +2071,10 @@ def _backward_kernel_serial(w_ih, w_hh, h0, lengths, T, reverse, reset_after,
     B, H = h0.shape
     n_blocks = (B + block - 1) // block
     TC = dgi_c.shape[0] // B
-    w_ih_p, w_hh_p, dh, dh_new, d_rh, chunks, d_w_ih_k = _backward_setup(
-        w_ih, w_hh, lengths, TC, d_h_last, d_w_ih, narrow)
+    w_ih_p = _pack(w_ih, _MAX_TILE)
+    w_hh_p = _pack(w_hh, _MAX_TILE)
+    dh, dh_new, d_rh, chunks, d_w_ih_k = _backward_setup(
+        w_ih, lengths, TC, d_h_last, d_w_ih, narrow)
     for k in range(chunks.shape[0]):
         s_lo = chunks[k, 0]
         s_hi = chunks[k, 1]

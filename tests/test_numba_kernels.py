@@ -200,15 +200,12 @@ def test_backward_setup_chunks(max_len, steps):
     rng = np.random.default_rng(max_len)
     lengths = np.array([max_len, max(1, max_len // 2), 1], np.int64)
     w_ih = rng.standard_normal((3 * H, I))
-    w_hh = rng.standard_normal((3 * H, H))
     d_h_last = rng.standard_normal((B, H))
     d_w_ih = np.full((3 * H, I), np.nan)
     for narrow in (False, True):
-        w_ih_p, w_hh_p, dh, _, _, chunks, d_w_ih_k = nk._backward_setup(
-            w_ih, w_hh, lengths, steps, d_h_last, d_w_ih, narrow)
+        dh, _, _, chunks, d_w_ih_k = nk._backward_setup(
+            w_ih, lengths, steps, d_h_last, d_w_ih, narrow)
         assert [tuple(c) for c in chunks] == step_chunks(max_len, steps)
-        assert np.array_equal(w_ih_p, nk._pack(w_ih, nk._MAX_TILE))
-        assert np.array_equal(w_hh_p, nk._pack(w_hh, nk._MAX_TILE))
         assert np.array_equal(dh, d_h_last) and dh is not d_h_last
         assert d_w_ih_k.shape == ((I, 3 * H) if narrow else (3 * H, I))
         assert narrow or d_w_ih_k is d_w_ih
