@@ -2473,6 +2473,16 @@ def _step_at(x, h, layer, h_new, w_ih_at, w_hh_at, b_ih_at, b_hh_at, I, H,
                           b_hh_at, I, H, reset_after, check, run)
 
 
+@njit(**_JIT)
+def _step_first(x, h, h_new, first, reset_after):
+    # _step_at(x, h, 0, h_new, *first, reset_after, 2, True): the first
+    # layer's weight arguments in one int64 array, which Numba's dispatcher
+    # unboxes in less time than six separate integers (measured: 0.25 us
+    # against 0.44 us for the call of an empty function)
+    return _step_at_typed(x, h, 0, h_new, first[0], first[1], first[2],
+                          first[3], first[4], first[5], reset_after, 2, True)
+
+
 @njit(parallel=True, **_JIT)
 def _step_at_parallel(x, h, layer, h_new, w_ih_at, w_hh_at, b_ih_at,
                       b_hh_at, I, H, reset_after, block):
@@ -2726,10 +2736,11 @@ class _StepWeights:
     what was found there when last checked, replaced as a whole so that
     concurrent steps see either the old or the new one: the arrays (which
     it keeps alive) in the order of the names, then, if they suit the
-    kernels, their dtype, the hidden size and, per layer, the addresses of
+    kernels, their dtype, the hidden size, per layer the addresses of
     ``w_ih``, ``w_hh``, ``b_ih``, ``b_hh`` and the layer's input and hidden
-    sizes as :func:`_step_at` takes them (None otherwise). The kernels read
-    the weights through these addresses, so changes made in place are seen.
+    sizes as :func:`_step_at` takes them, and the first layer's as an int64
+    array for :func:`_step_first` (None otherwise). The kernels read the
+    weights through these addresses, so changes made in place are seen.
     """
 
     __slots__ = ("params", "getter", "n_layers", "bias", "state")
@@ -2740,7 +2751,7 @@ class _StepWeights:
         self.getter = operator.itemgetter(*names)
         self.n_layers = len(weight_names) // 2
         self.bias = bias_names is not None
-        self.state = (None, None, 0, None)
+        self.state = (None, None, 0, None, None)
 
     def check(self, sources):
         """Check the arrays ``sources`` (in the order of the names) and
@@ -2749,8 +2760,9 @@ class _StepWeights:
         return state
 
     def _layers(self, sources):
-        # (dtype, H, per-layer kernel arguments), or (None, 0, None)
-        unfit = (None, 0, None)
+        # (dtype, H, per-layer kernel arguments, the first layer's as an
+        # int64 array), or (None, 0, None, None)
+        unfit = (None, 0, None, None)
         n_layers = self.n_layers
         weights = sources[:2 * n_layers]
         if self.bias:
@@ -2786,7 +2798,8 @@ class _StepWeights:
                   for a in arrays[4 * layer:4 * layer + 4])
             + (I if layer == 0 else H, H)
             for layer in range(n_layers))
-        return np.dtype(dtype.type), H, layers
+        return (np.dtype(dtype.type), H, layers,
+                np.array(layers[0], np.int64))
 
 
 def step_prepare(params, weight_names, bias_names=None):
@@ -2936,7 +2949,7 @@ def step_forward(x, h, prepared, reset_after, n_threads=None):
         same = False
     if not same:
         state = prepared.check(sources)
-    _, dtype, hidden, layers = state
+    _, dtype, hidden, layers, first = state
     if layers is None:
         return None
     # the dtype object first: most arrays share numpy's own
@@ -2959,7 +2972,7 @@ def step_forward(x, h, prepared, reset_after, n_threads=None):
         n_threads = get_num_threads()
     if n_layers == 1 and n_threads <= 1:
         # the streaming case, without the checks of _run_layer
-        if _step_at(x, h, 0, h_new, *layers[0], reset_after, 2, True):
+        if _step_first(x, h, h_new, first, reset_after):
             return h_new
         return None
     if not _run_layer(x, h, 0, h_new, layers, reset_after, n_threads, 2):
