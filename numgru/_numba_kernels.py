@@ -600,10 +600,12 @@ _AP = 16    # outputs per packed group of A's columns in the weight-gradient
 
 
 @njit(**_JIT)
-def _panel2(A, ia, ka, W, kw, kn, wn, C, ic, cn, na):
-    # A (*, >= ka+kn)   W (>= kw+kn, >= wn+2L)   C (*, >= cn+2L)
-    # ia, ic (>= na,) row indices into A and C;  L = _lanes(C)
-    # C[ic[a], cn:cn+2L] += sum_k A[ia[a], ka+k] * W[kw+k, wn:wn+2L]
+def _panel2(A, ia, ka, W, kw, kn, wn, C, ic, cn, na, S, iS):
+    # A (*, >= ka+kn)   W (>= kw+kn, >= wn+2L)   C, S (*, >= cn+2L)
+    # ia, ic, iS (>= na,) row indices into A, C and S;  L = _lanes(C)
+    # C[ic[a], cn:cn+2L] = S[iS[a], cn:cn+2L]
+    #                      + sum_k A[ia[a], ka+k] * W[kw+k, wn:wn+2L]
+    # (S, iS = C, ic adds to C; a bias row as S starts from the bias)
     L = _lanes(C)
     a = 0
     while a + 8 <= na:
@@ -623,22 +625,22 @@ def _panel2(A, ia, ka, W, kw, kn, wn, C, ic, cn, na):
         q5 = ic[a + 5]
         q6 = ic[a + 6]
         q7 = ic[a + 7]
-        x00 = _vload(C, q0, cn)
-        x01 = _vload(C, q0, cn + L)
-        x10 = _vload(C, q1, cn)
-        x11 = _vload(C, q1, cn + L)
-        x20 = _vload(C, q2, cn)
-        x21 = _vload(C, q2, cn + L)
-        x30 = _vload(C, q3, cn)
-        x31 = _vload(C, q3, cn + L)
-        x40 = _vload(C, q4, cn)
-        x41 = _vload(C, q4, cn + L)
-        x50 = _vload(C, q5, cn)
-        x51 = _vload(C, q5, cn + L)
-        x60 = _vload(C, q6, cn)
-        x61 = _vload(C, q6, cn + L)
-        x70 = _vload(C, q7, cn)
-        x71 = _vload(C, q7, cn + L)
+        x00 = _vload(S, iS[a + 0], cn)
+        x01 = _vload(S, iS[a + 0], cn + L)
+        x10 = _vload(S, iS[a + 1], cn)
+        x11 = _vload(S, iS[a + 1], cn + L)
+        x20 = _vload(S, iS[a + 2], cn)
+        x21 = _vload(S, iS[a + 2], cn + L)
+        x30 = _vload(S, iS[a + 3], cn)
+        x31 = _vload(S, iS[a + 3], cn + L)
+        x40 = _vload(S, iS[a + 4], cn)
+        x41 = _vload(S, iS[a + 4], cn + L)
+        x50 = _vload(S, iS[a + 5], cn)
+        x51 = _vload(S, iS[a + 5], cn + L)
+        x60 = _vload(S, iS[a + 6], cn)
+        x61 = _vload(S, iS[a + 6], cn + L)
+        x70 = _vload(S, iS[a + 7], cn)
+        x71 = _vload(S, iS[a + 7], cn + L)
         for k in range(kn):
             b0 = _vload(W, kw + k, wn)
             b1 = _vload(W, kw + k, wn + L)
@@ -692,14 +694,14 @@ def _panel2(A, ia, ka, W, kw, kn, wn, C, ic, cn, na):
         q1 = ic[a + 1]
         q2 = ic[a + 2]
         q3 = ic[a + 3]
-        x00 = _vload(C, q0, cn)
-        x01 = _vload(C, q0, cn + L)
-        x10 = _vload(C, q1, cn)
-        x11 = _vload(C, q1, cn + L)
-        x20 = _vload(C, q2, cn)
-        x21 = _vload(C, q2, cn + L)
-        x30 = _vload(C, q3, cn)
-        x31 = _vload(C, q3, cn + L)
+        x00 = _vload(S, iS[a + 0], cn)
+        x01 = _vload(S, iS[a + 0], cn + L)
+        x10 = _vload(S, iS[a + 1], cn)
+        x11 = _vload(S, iS[a + 1], cn + L)
+        x20 = _vload(S, iS[a + 2], cn)
+        x21 = _vload(S, iS[a + 2], cn + L)
+        x30 = _vload(S, iS[a + 3], cn)
+        x31 = _vload(S, iS[a + 3], cn + L)
         for k in range(kn):
             b0 = _vload(W, kw + k, wn)
             b1 = _vload(W, kw + k, wn + L)
@@ -727,8 +729,8 @@ def _panel2(A, ia, ka, W, kw, kn, wn, C, ic, cn, na):
     while a < na:
         r0 = ia[a]
         q0 = ic[a]
-        x00 = _vload(C, q0, cn)
-        x01 = _vload(C, q0, cn + L)
+        x00 = _vload(S, iS[a + 0], cn)
+        x01 = _vload(S, iS[a + 0], cn + L)
         for k in range(kn):
             s = A[r0, ka + k]
             x00 = _vfma(s, _vload(W, kw + k, wn), x00)
@@ -739,8 +741,9 @@ def _panel2(A, ia, ka, W, kw, kn, wn, C, ic, cn, na):
 
 
 @njit(**_JIT)
-def _panel1(A, ia, ka, W, kw, kn, wn, C, ic, cn, na):
-    # as _panel2, for one vector: C[ic[a], cn:cn+L] += ... W[kw+k, wn:wn+L]
+def _panel1(A, ia, ka, W, kw, kn, wn, C, ic, cn, na, S, iS):
+    # as _panel2, for one vector: C[ic[a], cn:cn+L] = S[iS[a], cn:cn+L]
+    # + ... W[kw+k, wn:wn+L]
     a = 0
     while a + 8 <= na:
         r0 = ia[a]
@@ -751,14 +754,14 @@ def _panel1(A, ia, ka, W, kw, kn, wn, C, ic, cn, na):
         r5 = ia[a + 5]
         r6 = ia[a + 6]
         r7 = ia[a + 7]
-        x0 = _vload(C, ic[a], cn)
-        x1 = _vload(C, ic[a + 1], cn)
-        x2 = _vload(C, ic[a + 2], cn)
-        x3 = _vload(C, ic[a + 3], cn)
-        x4 = _vload(C, ic[a + 4], cn)
-        x5 = _vload(C, ic[a + 5], cn)
-        x6 = _vload(C, ic[a + 6], cn)
-        x7 = _vload(C, ic[a + 7], cn)
+        x0 = _vload(S, iS[a], cn)
+        x1 = _vload(S, iS[a + 1], cn)
+        x2 = _vload(S, iS[a + 2], cn)
+        x3 = _vload(S, iS[a + 3], cn)
+        x4 = _vload(S, iS[a + 4], cn)
+        x5 = _vload(S, iS[a + 5], cn)
+        x6 = _vload(S, iS[a + 6], cn)
+        x7 = _vload(S, iS[a + 7], cn)
         for k in range(kn):
             b0 = _vload(W, kw + k, wn)
             x0 = _vfma(A[r0, ka + k], b0, x0)
@@ -783,10 +786,10 @@ def _panel1(A, ia, ka, W, kw, kn, wn, C, ic, cn, na):
         r1 = ia[a + 1]
         r2 = ia[a + 2]
         r3 = ia[a + 3]
-        x0 = _vload(C, ic[a], cn)
-        x1 = _vload(C, ic[a + 1], cn)
-        x2 = _vload(C, ic[a + 2], cn)
-        x3 = _vload(C, ic[a + 3], cn)
+        x0 = _vload(S, iS[a], cn)
+        x1 = _vload(S, iS[a + 1], cn)
+        x2 = _vload(S, iS[a + 2], cn)
+        x3 = _vload(S, iS[a + 3], cn)
         for k in range(kn):
             b0 = _vload(W, kw + k, wn)
             x0 = _vfma(A[r0, ka + k], b0, x0)
@@ -800,7 +803,7 @@ def _panel1(A, ia, ka, W, kw, kn, wn, C, ic, cn, na):
         a += 4
     while a < na:
         r0 = ia[a]
-        x0 = _vload(C, ic[a], cn)
+        x0 = _vload(S, iS[a], cn)
         for k in range(kn):
             x0 = _vfma(A[r0, ka + k], _vload(W, kw + k, wn), x0)
         _vstore(C, ic[a], cn, x0)
@@ -808,22 +811,22 @@ def _panel1(A, ia, ka, W, kw, kn, wn, C, ic, cn, na):
 
 
 @njit(**_JIT)
-def _columns(A, ia, ka, W, kw, kn, wn, m, C, ic, cn, na):
+def _columns(A, ia, ka, W, kw, kn, wn, m, C, ic, cn, na, S, iS):
     # as _panel2 (L < m < 2L) or _panel1 (m < L) for the m columns left: W
-    # holds whole vectors from wn (packed tiles are padded), C only cn+m
-    # columns, so the rows of C go through a padded copy
-    # C[ic[a], cn+j] += sum_k A[ia[a], ka+k] * W[kw+k, wn+j], j < m
+    # holds whole vectors from wn (packed tiles are padded), C and S only
+    # cn+m columns, so the rows go through a padded copy
+    # C[ic[a], cn+j] = S[iS[a], cn+j] + sum_k A[ia[a], ka+k] * W[kw+k, wn+j]
     L = _lanes(C)
     two = m > L
     padded = np.zeros((na, 2 * L if two else L), C.dtype)
     rows = np.arange(na)
     for a in range(na):
         for j in range(m):
-            padded[a, j] = C[ic[a], cn + j]
+            padded[a, j] = S[iS[a], cn + j]
     if two:
-        _panel2(A, ia, ka, W, kw, kn, wn, padded, rows, 0, na)
+        _panel2(A, ia, ka, W, kw, kn, wn, padded, rows, 0, na, padded, rows)
     else:
-        _panel1(A, ia, ka, W, kw, kn, wn, padded, rows, 0, na)
+        _panel1(A, ia, ka, W, kw, kn, wn, padded, rows, 0, na, padded, rows)
     for a in range(na):
         for j in range(m):
             C[ic[a], cn + j] = padded[a, j]
@@ -834,6 +837,14 @@ def _gemm_acc(A, ia, ak0, Wp, wk0, nk, nj, C, ic, cj0, na):
     # A (*, >= ak0+nk)   Wp (n_tiles, >= wk0+nk, JT) packed W, see _pack
     # C (*, >= cj0+nj)   ia, ic (>= na,) row indices into A and C
     # C[ic[a], cj0+j] += sum_k A[ia[a], ak0+k] * W[wk0+k, j], k ascending
+    _gemm_from(A, ia, ak0, Wp, wk0, nk, nj, C, ic, cj0, na, C, ic)
+
+
+@njit(**_JIT)
+def _gemm_from(A, ia, ak0, Wp, wk0, nk, nj, C, ic, cj0, na, S, iS):
+    # _gemm_acc, each sum starting from S[iS[a], cj0+j] instead of from C
+    # (S (*, >= cj0+nj), iS (>= na,)): with a bias as the one row of S,
+    # C = bias + A W without writing the bias to C first. nk >= 1.
     L = _lanes(C)
     JT = Wp.shape[2]
     for tile in range(Wp.shape[0]):
@@ -845,15 +856,23 @@ def _gemm_acc(A, ia, ak0, Wp, wk0, nk, nj, C, ic, cj0, na):
             kn = min(_KC, nk - k_lo)
             ka = ak0 + k_lo
             kw = wk0 + k_lo
+            # the first pass starts from S, the next ones from C
+            if k_lo == 0:
+                src, isrc = S, iS
+            else:
+                src, isrc = C, ic
             n = 0
             while n + 2 * L <= m:
-                _panel2(A, ia, ka, W, kw, kn, n, C, ic, c_lo + n, na)
+                _panel2(A, ia, ka, W, kw, kn, n, C, ic, c_lo + n, na, src,
+                        isrc)
                 n += 2 * L
             if n + L == m:
-                _panel1(A, ia, ka, W, kw, kn, n, C, ic, c_lo + n, na)
+                _panel1(A, ia, ka, W, kw, kn, n, C, ic, c_lo + n, na, src,
+                        isrc)
                 n += L
             if n < m:
-                _columns(A, ia, ka, W, kw, kn, n, m - n, C, ic, c_lo + n, na)
+                _columns(A, ia, ka, W, kw, kn, n, m - n, C, ic, c_lo + n, na,
+                         src, isrc)
 
 
 @njit(**_JIT)
@@ -1625,10 +1644,10 @@ def _project_steps(x2, w_ih_p, b_ih, lengths, T, reverse, b0, nb, s_lo, s_hi,
             r = s * TC + step - s_lo
             row_x[n_rows] = b * T + t
             row_g[n_rows] = r
-            for j in range(G):
-                gi[r, j] = b_ih[j]
             n_rows += 1
-    _gemm_acc(x2, row_x, 0, w_ih_p, 0, I, G, gi, row_g, 0, n_rows)
+    # every row starts from the bias: row 0 of b_ih (1, 3H), n_rows times
+    _gemm_from(x2, row_x, 0, w_ih_p, 0, I, G, gi, row_g, 0, n_rows,
+               b_ih.reshape(1, G), np.zeros(n_rows, np.int64))
 
 
 @njit(**_JIT)
@@ -1670,7 +1689,8 @@ def _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
     rh = np.empty((nb, H), x2.dtype)
     scratch = np.empty((nb, 4 * H), x2.dtype)
     active = np.empty(nb, np.int64)
-    n_gh = G if reset_after else 2 * H
+    bias_hh = b_hh.reshape(1, G)
+    bias_row = np.zeros(nb, np.int64)
     for step in range(max_len):
         if step % TC == 0:
             _project_steps(x2, w_ih_p, b_ih, lengths, T, reverse, b0, nb,
@@ -1681,14 +1701,13 @@ def _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
             if step < lengths[b0 + s]:
                 active[na] = s
                 na += 1
-        for a in range(na):
-            s = active[a]
-            for j in range(n_gh):
-                gh[s, j] = b_hh[j]
-        _gemm_acc(h, active, 0, w_rz_p, 0, H, 2 * H, gh, active, 0, na)
+        # gh = b_hh + W_hh h (the n block after the reset when not
+        # reset_after), each sum starting from the bias row
+        _gemm_from(h, active, 0, w_rz_p, 0, H, 2 * H, gh, active, 0, na,
+                   bias_hh, bias_row)
         if reset_after:
-            _gemm_acc(h, active, 0, w_n_p, 0, H, H, gh, active, 2 * H,
-                      na)
+            _gemm_from(h, active, 0, w_n_p, 0, H, H, gh, active, 2 * H, na,
+                       bias_hh, bias_row)
         if not reset_after:
             for a in range(na):
                 s = active[a]
@@ -1697,10 +1716,8 @@ def _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
                 g = gates2[b * T + t] if keep_gates else scratch[s]
                 _step_before_rz(gi[s * TC + step - s_lo], gh[s], h[s], rh[s],
                                 g, H)
-                for j in range(2 * H, G):
-                    gh[s, j] = b_hh[j]
-            _gemm_acc(rh, active, 0, w_n_p, 0, H, H, gh, active, 2 * H,
-                      na)
+            _gemm_from(rh, active, 0, w_n_p, 0, H, H, gh, active, 2 * H, na,
+                       bias_hh, bias_row)
         for a in range(na):
             s = active[a]
             b = b0 + s

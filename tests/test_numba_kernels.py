@@ -157,6 +157,34 @@ def test_recurrent_product_is_one_fma_chain(dtype, n_rows, n_sum, n_cols):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_rows, n_sum, n_cols", [
+    (29, 300, 50), (13, 40, 48), (8, 7, 17), (5, 9, 1)])
+def test_product_from_a_bias_row_is_one_fma_chain(dtype, n_rows, n_sum,
+                                                  n_cols):
+    # the forward's products start each sum from the bias row instead of
+    # from C: the same chain as writing the bias to C first, also past the
+    # first pass of _KC terms (n_sum = 300) and in the last partial tile
+    rng = np.random.default_rng(n_rows + n_cols + 1)
+    A = rng.standard_normal((n_rows + 3, n_sum + 2)).astype(dtype)
+    W = rng.standard_normal((n_sum + 1, n_cols)).astype(dtype)
+    bias = rng.standard_normal((1, n_cols + 2)).astype(dtype)
+    C0 = rng.standard_normal((n_rows + 5, n_cols + 2)).astype(dtype)
+    ia = rng.permutation(n_rows + 3)[:n_rows].astype(np.int64)
+    ic = rng.permutation(n_rows + 5)[:n_rows].astype(np.int64)
+    C = C0.copy()
+    nk._gemm_from(A, ia, 2, nk._pack(W, nk._MAX_TILE), 1, n_sum, n_cols, C,
+                  ic, 1, n_rows, bias, np.zeros(n_rows, np.int64))
+    C_chain = C0.copy()
+    C_chain[ic, 1:n_cols + 1] = bias[0, 1:n_cols + 1]
+    _fma_chain_rows(A, ia, 2, W, 1, n_sum, C_chain, ic, 1)
+    assert np.array_equal(C[ic], C_chain[ic])
+    untouched = np.setdiff1d(np.arange(n_rows + 5), ic)
+    assert np.array_equal(C[untouched], C0[untouched])
+    assert np.array_equal(C[:, 0], C0[:, 0])
+    assert np.array_equal(C[:, n_cols + 1:], C0[:, n_cols + 1:])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_cols", [1, 7, 16, 50, 128, 300, 513])
 def test_pack_tiles_the_columns(dtype, n_cols):
     # whole vectors, a part of a vector at the end of a tile, several tiles
