@@ -586,11 +586,12 @@ def _take_task(typingctx, counter):
 # ---------------------------------------------------------------------------
 #
 # Every product below adds to C one fused multiply-add per term, in
-# ascending order of the summation index, starting from C's value: an element
-# of C is one fma chain whose value depends only on its own row of A and
-# column of W. Register tiles (8 or 4 rows x 2 vectors), the split of the sum
-# into passes (values go to memory and back unchanged) and the split of the
-# work between threads change the speed, never the bits.
+# ascending order of the summation index, starting from C's value (or, in
+# the forward, from the bias): an element of C is one fma chain whose value
+# depends only on its own row of A and column of W. Register tiles (8 or 4
+# rows x 2 vectors), the split of the sum into passes (values go to memory
+# and back unchanged) and the split of the work between threads change the
+# speed, never the bits.
 
 _KC = 256   # summation indices per pass over a panel of W
 _RC = 128   # rows per pass in the weight-gradient products (a pass's
