@@ -730,8 +730,8 @@ def _panel2(A, ia, ka, W, kw, kn, wn, C, ic, cn, na, S, iS):
     while a < na:
         r0 = ia[a]
         q0 = ic[a]
-        x00 = _vload(S, iS[a + 0], cn)
-        x01 = _vload(S, iS[a + 0], cn + L)
+        x00 = _vload(S, iS[a], cn)
+        x01 = _vload(S, iS[a], cn + L)
         for k in range(kn):
             s = A[r0, ka + k]
             x00 = _vfma(s, _vload(W, kw + k, wn), x00)
@@ -1629,11 +1629,13 @@ def _step_back_before_r(g, h, d_rh, dh_new, dgi, hin, H):
 
 @njit(**_JIT)
 def _project_steps(x2, w_ih_p, b_ih, lengths, T, reverse, b0, nb, s_lo, s_hi,
-                   gi, row_x, row_g):
+                   gi, row_x, row_g, zero_rows):
     # gi[s*TC + step - s_lo] = b_ih + W_ih x_t for the samples b0+s (s < nb)
     # and their valid steps s_lo <= step < s_hi, t the step's time index
     # x2 (B*T, I)   w_ih_p W_ih^T (I, 3H) packed by _pack   b_ih (3H,)
     # gi (nb*TC, 3H) written   row_x, row_g (>= nb*TC,) scratch
+    # zero_rows (>= nb*TC,) zeros: every row's sums start from row 0 of
+    # b_ih seen as a (1, 3H) array
     I = x2.shape[1]
     G = b_ih.shape[0]
     TC = gi.shape[0] // nb
@@ -1646,9 +1648,8 @@ def _project_steps(x2, w_ih_p, b_ih, lengths, T, reverse, b0, nb, s_lo, s_hi,
             row_x[n_rows] = b * T + t
             row_g[n_rows] = r
             n_rows += 1
-    # every row starts from the bias: row 0 of b_ih (1, 3H), n_rows times
     _gemm_from(x2, row_x, 0, w_ih_p, 0, I, G, gi, row_g, 0, n_rows,
-               b_ih.reshape(1, G), np.zeros(n_rows, np.int64))
+               b_ih.reshape(1, G), zero_rows)
 
 
 @njit(**_JIT)
@@ -1691,11 +1692,13 @@ def _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
     scratch = np.empty((nb, 4 * H), x2.dtype)
     active = np.empty(nb, np.int64)
     bias_hh = b_hh.reshape(1, G)
-    bias_row = np.zeros(nb, np.int64)
+    # row indices that all name the one row of a bias seen as (1, 3H)
+    zero_rows = np.zeros(nb * TC, np.int64)
     for step in range(max_len):
         if step % TC == 0:
             _project_steps(x2, w_ih_p, b_ih, lengths, T, reverse, b0, nb,
-                           step, min(step + TC, max_len), gi, row_x, row_g)
+                           step, min(step + TC, max_len), gi, row_x, row_g,
+                           zero_rows)
         s_lo = step - step % TC
         na = 0
         for s in range(nb):
@@ -1705,10 +1708,10 @@ def _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
         # gh = b_hh + W_hh h (the n block after the reset when not
         # reset_after), each sum starting from the bias row
         _gemm_from(h, active, 0, w_rz_p, 0, H, 2 * H, gh, active, 0, na,
-                   bias_hh, bias_row)
+                   bias_hh, zero_rows)
         if reset_after:
             _gemm_from(h, active, 0, w_n_p, 0, H, H, gh, active, 2 * H, na,
-                       bias_hh, bias_row)
+                       bias_hh, zero_rows)
         if not reset_after:
             for a in range(na):
                 s = active[a]
@@ -1718,7 +1721,7 @@ def _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
                 _step_before_rz(gi[s * TC + step - s_lo], gh[s], h[s], rh[s],
                                 g, H)
             _gemm_from(rh, active, 0, w_n_p, 0, H, H, gh, active, 2 * H, na,
-                       bias_hh, bias_row)
+                       bias_hh, zero_rows)
         for a in range(na):
             s = active[a]
             b = b0 + s
@@ -2717,9 +2720,9 @@ def layer_backward(x, w_ih, w_hh, h0, lengths, reverse, reset_after, out,
     # steps go backwards in chunks of TC (step_chunks): the recurrence over
     # a chunk, then its terms of the weight gradients (added in this fixed
     # order); with narrow inputs the kernels add up the transpose of d_w_ih.
-    # The kernels pack the weights (_backward_setup; its vector reads need
-    # rows in one piece) and zero the gradients themselves: one compiled
-    # call, no Python work in between.
+    # The kernels pack the weights (_pack_into, whose vector reads need rows
+    # in one piece) and zero the gradients themselves: one compiled call, no
+    # Python work in between.
     w_ih = np.ascontiguousarray(w_ih)
     w_hh = np.ascontiguousarray(w_hh)
     args = (w_ih, w_hh, h0, lengths, T, bool(reverse), bool(reset_after),
