@@ -771,6 +771,52 @@ cdef extern from *:
     }
     NG_DEFINE_ELEMENTWISE(float)
     NG_DEFINE_ELEMENTWISE(double)
+
+    /* The reset-after forward step of one sample from gi = W_ih x + b_ih and
+       gh = W_hh h + b_hh (3H each): h_new into out (H,) and [r, z, n, hn]
+       into g (4H,), in one pass (the stores of g, a row of the training
+       cache, spread among the arithmetic). The same operations in the same
+       order as ng_add, ng_sigmoid_*, ng_addmul, ng_tanh_* and ng_hnew, so
+       the same bits. */
+    NG_CLONES static void ng_fwd_after_float(ptrdiff_t H,
+        const float *__restrict gi, const float *__restrict gh,
+        const float *__restrict h, float *__restrict out,
+        float *__restrict g)
+    {
+        const float one = 1;
+        for (ptrdiff_t j = 0; j < H; j++) {
+            float r, z, n, t;
+            NG_TANH_F32(0.5f * (gi[j] + gh[j]), t);
+            r = 0.5f + 0.5f * t;
+            NG_TANH_F32(0.5f * (gi[H + j] + gh[H + j]), t);
+            z = 0.5f + 0.5f * t;
+            const float hn = gh[2 * H + j];
+            NG_TANH_F32(gi[2 * H + j] + r * hn, n);
+            out[j] = (one - z) * n + z * h[j];
+            g[j] = r;
+            g[H + j] = z;
+            g[2 * H + j] = n;
+            g[3 * H + j] = hn;
+        }
+    }
+    NG_CLONES static void ng_fwd_after_double(ptrdiff_t H,
+        const double *__restrict gi, const double *__restrict gh,
+        const double *__restrict h, double *__restrict out,
+        double *__restrict g)
+    {
+        const double one = 1;
+        for (ptrdiff_t j = 0; j < H; j++) {
+            const double r = 1.0 / (1.0 + exp(-(gi[j] + gh[j])));
+            const double z = 1.0 / (1.0 + exp(-(gi[H + j] + gh[H + j])));
+            const double hn = gh[2 * H + j];
+            const double n = tanh(gi[2 * H + j] + r * hn);
+            out[j] = (one - z) * n + z * h[j];
+            g[j] = r;
+            g[H + j] = z;
+            g[2 * H + j] = n;
+            g[3 * H + j] = hn;
+        }
+    }
     """
     int NG_OPENMP
     void ng_gemm_float(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
@@ -819,6 +865,10 @@ cdef extern from *:
                           double *, double *, double *) noexcept nogil
     void ng_bwd_r_float(Py_ssize_t, const float *, const float *, float *,
                         float *, float *) noexcept nogil
+    void ng_fwd_after_float(Py_ssize_t, const float *, const float *,
+                            const float *, float *, float *) noexcept nogil
+    void ng_fwd_after_double(Py_ssize_t, const double *, const double *,
+                             const double *, double *, double *) noexcept nogil
     void ng_bwd_r_double(Py_ssize_t, const double *, const double *,
                          double *, double *, double *) noexcept nogil
     int ng_cpu_supports(int level) noexcept nogil
@@ -939,6 +989,17 @@ cdef inline void _bwd_r(Py_ssize_t H, const floating *hn, const floating *r,
         ng_bwd_r_float(H, hn, r, dgi, dga, dghn)
     else:
         ng_bwd_r_double(H, hn, r, dgi, dga, dghn)
+
+
+cdef inline void _fwd_after(Py_ssize_t H, const floating *gi,
+                            const floating *gh, const floating *h,
+                            floating *out, floating *g) noexcept nogil:
+    # reset-after step of one sample: out (H,) the new state, g (4H,)
+    # [r, z, n, hn], from gi (3H,) and gh (3H,) with their biases
+    if floating is float:
+        ng_fwd_after_float(H, gi, gh, h, out, g)
+    else:
+        ng_fwd_after_double(H, gi, gh, h, out, g)
 
 
 cdef inline void _tanh(Py_ssize_t n, floating *v) noexcept nogil:
@@ -1271,6 +1332,17 @@ cdef void _forward_block(
         _gemm_panels(na, 2 * H, H, hp, H, 1, whhT, H, 0, gh, G)
         if reset_after:
             _gemm_panels(na, H, H, hp, H, 1, whh_n, H, 0, gh + 2 * H, G)
+
+        if reset_after and gates != NULL:
+            # training: the whole step of each sample in one pass, written
+            # straight to its row of the cache (the same values as below)
+            for i in range(na):
+                b = act[i]
+                t = tt[i]
+                _fwd_after(H, gi + i * G, gh + i * G, hp + i * H,
+                           out + (b * T + t) * H,
+                           gates + (b * T + t) * 4 * H)
+            continue
 
         # r = sigmoid(gi_r + gh_r), z = sigmoid(gi_z + gh_z)
         for i in range(na):

@@ -117,12 +117,26 @@ def test_larger_sizes_match_reference(dtype, simd_level):
                                        atol=tol, err_msg=name)
 
 
-def test_forward_without_gates_matches():
-    p = make_problem(B, T, I, H, np.float64, varied=True)
-    with_gates = run_forward(ck, p, False, True)
-    without = run_forward(ck, p, False, True, keep_gates=False)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_forward_without_gates_matches(dtype, reset_after, simd_level):
+    # the training forward computes each step in one pass straight into the
+    # cache (reset after): same states as inference, and gates that give
+    # them back bit for bit
+    p = make_problem(B, T, I, H, dtype, varied=True)
+    with_gates = run_forward(ck, p, False, reset_after)
+    without = run_forward(ck, p, False, reset_after, keep_gates=False)
     assert_same_bits(with_gates["out"], without["out"], "out")
     assert_same_bits(with_gates["h_last"], without["h_last"], "h_last")
+    out, gates = with_gates["out"], with_gates["gates"]
+    one = dtype(1)
+    for b, length in enumerate(p["lengths"]):
+        h_prev = np.concatenate([p["h0"][b][None], out[b, :length - 1]])
+        z = gates[b, :length, H:2 * H]
+        n = gates[b, :length, 2 * H:3 * H]
+        assert_same_bits(out[b, :length], (one - z) * n + z * h_prev,
+                         "out from the gates")
+        assert np.all(gates[b, length:] == 0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
