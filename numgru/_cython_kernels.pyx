@@ -865,12 +865,12 @@ cdef extern from *:
                           double *, double *, double *) noexcept nogil
     void ng_bwd_r_float(Py_ssize_t, const float *, const float *, float *,
                         float *, float *) noexcept nogil
+    void ng_bwd_r_double(Py_ssize_t, const double *, const double *,
+                         double *, double *, double *) noexcept nogil
     void ng_fwd_after_float(Py_ssize_t, const float *, const float *,
                             const float *, float *, float *) noexcept nogil
     void ng_fwd_after_double(Py_ssize_t, const double *, const double *,
                              const double *, double *, double *) noexcept nogil
-    void ng_bwd_r_double(Py_ssize_t, const double *, const double *,
-                         double *, double *, double *) noexcept nogil
     int ng_cpu_supports(int level) noexcept nogil
     int ng_select(int level) noexcept nogil
 
