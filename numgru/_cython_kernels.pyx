@@ -392,7 +392,15 @@ cdef extern from *:
             (out) = p / q;                                                     \
         } while (0)
 
-    /* v[i] = tanh(v[i]) and v[i] = 1 / (1 + exp(-v[i])) = (1 + tanh(v/2)) / 2 */
+    /* float32 sigmoid: 1 / (1 + exp(-x)) = (1 + tanh(x/2)) / 2 */
+    #define NG_SIGMOID_F32(x_in, out)                                          \
+        do {                                                                   \
+            float t_;                                                          \
+            NG_TANH_F32(0.5f * (x_in), t_);                                    \
+            (out) = 0.5f + 0.5f * t_;                                          \
+        } while (0)
+
+    /* v[i] = tanh(v[i]) and v[i] = sigmoid(v[i]) */
     #define NG_DEFINE_ACT_F32(SUF, ATTR)                                       \
     ATTR static void ng_tanh_float_##SUF(ptrdiff_t n, float *v)                \
     {                                                                          \
@@ -400,11 +408,7 @@ cdef extern from *:
     }                                                                          \
     ATTR static void ng_sigmoid_float_##SUF(ptrdiff_t n, float *v)             \
     {                                                                          \
-        for (ptrdiff_t i = 0; i < n; i++) {                                    \
-            float t;                                                           \
-            NG_TANH_F32(0.5f * v[i], t);                                       \
-            v[i] = 0.5f + 0.5f * t;                                            \
-        }                                                                      \
+        for (ptrdiff_t i = 0; i < n; i++) NG_SIGMOID_F32(v[i], v[i]);          \
     }
     NG_DEFINE_ACT_F32(base, NG_ATTR_BASE)
     #if NG_DISPATCH
@@ -417,9 +421,14 @@ cdef extern from *:
         for (ptrdiff_t i = 0; i < n; i++) v[i] = tanh(v[i]);
     }
 
+    static inline double ng_sigmoid_f64(double x)
+    {
+        return 1.0 / (1.0 + exp(-x));
+    }
+
     static void ng_sigmoid_double(ptrdiff_t n, double *v)
     {
-        for (ptrdiff_t i = 0; i < n; i++) v[i] = 1.0 / (1.0 + exp(-v[i]));
+        for (ptrdiff_t i = 0; i < n; i++) v[i] = ng_sigmoid_f64(v[i]);
     }
 
     /* C[m, n] += sum_k A[m, k] * W[n, k] (m < M, n < N): the product with
@@ -785,11 +794,9 @@ cdef extern from *:
     {
         const float one = 1;
         for (ptrdiff_t j = 0; j < H; j++) {
-            float r, z, n, t;
-            NG_TANH_F32(0.5f * (gi[j] + gh[j]), t);
-            r = 0.5f + 0.5f * t;
-            NG_TANH_F32(0.5f * (gi[H + j] + gh[H + j]), t);
-            z = 0.5f + 0.5f * t;
+            float r, z, n;
+            NG_SIGMOID_F32(gi[j] + gh[j], r);
+            NG_SIGMOID_F32(gi[H + j] + gh[H + j], z);
             const float hn = gh[2 * H + j];
             NG_TANH_F32(gi[2 * H + j] + r * hn, n);
             out[j] = (one - z) * n + z * h[j];
@@ -806,8 +813,8 @@ cdef extern from *:
     {
         const double one = 1;
         for (ptrdiff_t j = 0; j < H; j++) {
-            const double r = 1.0 / (1.0 + exp(-(gi[j] + gh[j])));
-            const double z = 1.0 / (1.0 + exp(-(gi[H + j] + gh[H + j])));
+            const double r = ng_sigmoid_f64(gi[j] + gh[j]);
+            const double z = ng_sigmoid_f64(gi[H + j] + gh[H + j]);
             const double hn = gh[2 * H + j];
             const double n = tanh(gi[2 * H + j] + r * hn);
             out[j] = (one - z) * n + z * h[j];
