@@ -2407,7 +2407,10 @@ def _step_samples(x, w_ih, w_hh, b_ih, b_hh, h, layer, reset_after, h_new,
 
 @njit(**_JIT)
 def _all_finite(a):
-    # whether no value of the 2-D array a is NaN or infinite
+    # whether no value of the 2-D array a is NaN or infinite; the step's
+    # check of its few hundred values, kept apart from all_finite: calling
+    # all_finite on the raveled arrays made a B=1 GRU.step 0.05 to 0.2 us
+    # slower (in 4 of 5 side-by-side runs)
     finite = True
     for i in range(a.shape[0]):
         for j in range(a.shape[1]):
