@@ -2293,48 +2293,68 @@ def _tree_sums(builder, vectors, count):
 
 
 @intrinsic
-def _lanes_sum4(typingctx, c0, c1, c2, c3):
-    """The tree sums of four lane vectors, as a 4-tuple."""
-    if not (isinstance(c0, _Vector) and c0 == c1 and c0 == c2 and c0 == c3):
+def _lanes_sums(typingctx, vectors):
+    """The tree sums of a tuple of lane vectors (a power of two of them), as a
+    tuple of the same length."""
+    if not (isinstance(vectors, types.UniTuple)
+            and isinstance(vectors.dtype, _Vector)
+            and vectors.count & (vectors.count - 1) == 0):
         return None
-    tuple_type = types.UniTuple(c0.dtype, 4)
+    count = vectors.count
+    tuple_type = types.UniTuple(vectors.dtype.dtype, count)
 
     def codegen(context, builder, signature, args):
-        sums = _tree_sums(builder, list(args), c0.count)
+        items = [builder.extract_value(args[0], i) for i in range(count)]
+        sums = _tree_sums(builder, items, vectors.dtype.count)
         return context.make_tuple(builder, tuple_type, sums)
-    return tuple_type(c0, c1, c2, c3), codegen
+    return tuple_type(vectors), codegen
 
 
 @njit(**_JIT)
 def _step_dots(out, o, w, r, nr, a, s, w2, a2, s2, with2):
     # out[o + i] = dot(w[r + i], a[s]) for i < nr, plus dot(w2[r + i], a2[s2])
     # in the same lanes when with2; w (rows, K) a (samples, K),
-    # w2 (rows, K2) a2 (samples, K2), out (>= o + nr,). Rows go four at a
-    # time (the last group repeats row r + nr - 1 where rows run out).
+    # w2 (rows, K2) a2 (samples, K2), out (>= o + nr,). Rows go eight at a
+    # time (the last group repeats row r + nr - 1 where rows run out): one
+    # load of a serves eight rows, and eight sums share the shuffles of one
+    # tree (1.2x faster than four rows for I, H = 32, 128, with AVX-512 and
+    # with AVX2 code alike).
     lanes = _lanes_count(w)
     n = w.shape[1]
     n2 = w2.shape[1]
     full = n - n % lanes
     full2 = n2 - n2 % lanes
     last = r + nr - 1
-    for i in range(0, nr, 4):
+    for i in range(0, nr, 8):
         r0 = r + i
         r1 = min(r0 + 1, last)
         r2 = min(r0 + 2, last)
         r3 = min(r0 + 3, last)
-        c0 = c1 = c2 = c3 = _lanes_zero(w)
+        r4 = min(r0 + 4, last)
+        r5 = min(r0 + 5, last)
+        r6 = min(r0 + 6, last)
+        r7 = min(r0 + 7, last)
+        c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = _lanes_zero(w)
         for k in range(0, full, lanes):
             v = _lanes_load(a, s, k)
             c0 = _lanes_fma(_lanes_load(w, r0, k), v, c0)
             c1 = _lanes_fma(_lanes_load(w, r1, k), v, c1)
             c2 = _lanes_fma(_lanes_load(w, r2, k), v, c2)
             c3 = _lanes_fma(_lanes_load(w, r3, k), v, c3)
+            c4 = _lanes_fma(_lanes_load(w, r4, k), v, c4)
+            c5 = _lanes_fma(_lanes_load(w, r5, k), v, c5)
+            c6 = _lanes_fma(_lanes_load(w, r6, k), v, c6)
+            c7 = _lanes_fma(_lanes_load(w, r7, k), v, c7)
         if full < n:
             v = _lanes_load_tail(a, s, full, n)
             c0 = _lanes_fma(_lanes_load_tail(w, r0, full, n), v, c0)
             c1 = _lanes_fma(_lanes_load_tail(w, r1, full, n), v, c1)
             c2 = _lanes_fma(_lanes_load_tail(w, r2, full, n), v, c2)
             c3 = _lanes_fma(_lanes_load_tail(w, r3, full, n), v, c3)
+            c4 = _lanes_fma(_lanes_load_tail(w, r4, full, n), v, c4)
+            c5 = _lanes_fma(_lanes_load_tail(w, r5, full, n), v, c5)
+            c6 = _lanes_fma(_lanes_load_tail(w, r6, full, n), v, c6)
+            c7 = _lanes_fma(_lanes_load_tail(w, r7, full, n), v, c7)
         if with2:
             for k in range(0, full2, lanes):
                 v = _lanes_load(a2, s2, k)
@@ -2342,20 +2362,24 @@ def _step_dots(out, o, w, r, nr, a, s, w2, a2, s2, with2):
                 c1 = _lanes_fma(_lanes_load(w2, r1, k), v, c1)
                 c2 = _lanes_fma(_lanes_load(w2, r2, k), v, c2)
                 c3 = _lanes_fma(_lanes_load(w2, r3, k), v, c3)
+                c4 = _lanes_fma(_lanes_load(w2, r4, k), v, c4)
+                c5 = _lanes_fma(_lanes_load(w2, r5, k), v, c5)
+                c6 = _lanes_fma(_lanes_load(w2, r6, k), v, c6)
+                c7 = _lanes_fma(_lanes_load(w2, r7, k), v, c7)
             if full2 < n2:
                 v = _lanes_load_tail(a2, s2, full2, n2)
                 c0 = _lanes_fma(_lanes_load_tail(w2, r0, full2, n2), v, c0)
                 c1 = _lanes_fma(_lanes_load_tail(w2, r1, full2, n2), v, c1)
                 c2 = _lanes_fma(_lanes_load_tail(w2, r2, full2, n2), v, c2)
                 c3 = _lanes_fma(_lanes_load_tail(w2, r3, full2, n2), v, c3)
-        t = _lanes_sum4(c0, c1, c2, c3)
-        out[o + i] = t[0]
-        if i + 1 < nr:
-            out[o + i + 1] = t[1]
-        if i + 2 < nr:
-            out[o + i + 2] = t[2]
-        if i + 3 < nr:
-            out[o + i + 3] = t[3]
+                c4 = _lanes_fma(_lanes_load_tail(w2, r4, full2, n2), v, c4)
+                c5 = _lanes_fma(_lanes_load_tail(w2, r5, full2, n2), v, c5)
+                c6 = _lanes_fma(_lanes_load_tail(w2, r6, full2, n2), v, c6)
+                c7 = _lanes_fma(_lanes_load_tail(w2, r7, full2, n2), v, c7)
+        t = _lanes_sums((c0, c1, c2, c3, c4, c5, c6, c7))
+        for q in range(8):
+            if i + q < nr:
+                out[o + i + q] = t[q]
 
 
 @njit(**_JIT)
