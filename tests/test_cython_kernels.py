@@ -219,6 +219,37 @@ def test_cell_forward_float32():
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_work_arrays_kept_between_calls(n_threads):
+    # once a forward and a backward have run, further calls take their work
+    # arrays (transposed and packed weights, chunk arrays) from a kept
+    # scratch array instead of allocating them again: fresh allocations of
+    # that size can page-fault at every call
+    import tracemalloc
+
+    p = make_problem(16, 20, 50, 128, np.float32, varied=False)
+    fwd = run_forward(ck, p, False, True, n_threads)
+    grads = run_backward(ck, p, fwd, False, True, n_threads)
+    tracemalloc.start()
+    try:
+        for _ in range(2):
+            ck.layer_forward(p["x"], p["w_ih"], p["w_hh"], p["b_ih"],
+                             p["b_hh"], p["h0"], p["lengths"], False, True,
+                             fwd["out"], fwd["h_last"], fwd["gates"],
+                             n_threads=n_threads)
+            ck.layer_backward(p["x"], p["w_ih"], p["w_hh"], p["h0"],
+                              p["lengths"], False, True, fwd["out"],
+                              fwd["gates"], p["d_out"], p["d_h_last"],
+                              grads["d_x"], grads["d_h0"], grads["d_w_ih"],
+                              grads["d_w_hh"], grads["d_b_ih"],
+                              grads["d_b_hh"], n_threads=n_threads)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # the recurrent weights alone take 196 KiB
+    assert peak < p["w_hh"].nbytes // 4
+
+
 def test_read_only_inputs():
     p = make_problem(B, T, I, H, np.float64, varied=True, seed=7)
     for name in ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "lengths"):
