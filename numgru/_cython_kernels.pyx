@@ -40,6 +40,7 @@ import os
 
 import numpy as np
 
+from ._aligned import aligned_empty
 from ._chunks import chunk_steps, step_chunks
 
 __all__ = ["layer_forward", "layer_backward", "cell_forward",
@@ -1142,10 +1143,11 @@ _SCRATCH_KEEP = 64 * 1024 * 1024
 
 
 def _take_scratch(Py_ssize_t n, dtype):
-    """A 1-D array of at least ``n`` elements of ``dtype`` (uninitialised)."""
+    """A 1-D array of at least ``n`` elements of ``dtype`` (uninitialised),
+    starting on a cache-line boundary."""
     a = _scratch.pop(np.dtype(dtype).char, None)
     if a is None or a.shape[0] < n:
-        a = np.empty(max(n, 1), dtype=dtype)
+        a = aligned_empty(max(n, 1), dtype)
     return a
 
 
@@ -1159,12 +1161,6 @@ cdef inline Py_ssize_t _lines(Py_ssize_t n) noexcept nogil:
     # from a scratch array then all start on its 64-byte alignment
     return (n + 15) // 16 * 16
 
-
-def _cut(scratch, Py_ssize_t start, shape):
-    """The piece of ``scratch`` from ``start`` viewed as ``shape``; the end
-    of the piece rounded up with _lines, where the next one starts."""
-    cdef Py_ssize_t size = int(np.prod(shape))
-    return scratch[start:start + size].reshape(shape), start + _lines(size)
 
 
 # Below this many floating-point operations (forward pass of one layer) a
@@ -1441,35 +1437,36 @@ cdef void _forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
         n_threads = 1
     wsize = per_block * (I + 8 * H)
     dtype = np.float32 if floating is float else np.float64
+    # work arrays cut from the kept scratch: W_ih^T (I*G), W_hh^T (H*G),
+    # per-block work (n_blocks, wsize)
     scratch = _take_scratch(
-        _lines(I * G) + _lines(H * G) + _lines(n_blocks * wsize), dtype)
-    cdef floating[::1] wihT, whhT
-    cdef floating[:, ::1] work
-    wihT, at = _cut(scratch, 0, (I * G,))
-    whhT, at = _cut(scratch, at, (H * G,))
-    work, at = _cut(scratch, at, (n_blocks, wsize))
+        _lines(I * G) + _lines(H * G) + n_blocks * wsize, dtype)
+    cdef floating[::1] space = scratch
+    cdef floating *wihT = &space[0]
+    cdef floating *whhT = wihT + _lines(I * G)
+    cdef floating *work = whhT + _lines(H * G)
     cdef Py_ssize_t[:, ::1] iwork = np.empty((n_blocks, 2 * per_block),
                                              dtype=np.intp)
     with nogil:
-        _transpose_panels(G, I, &w_ih[0, 0], &wihT[0])
-        _transpose_panels(2 * H, H, &w_hh[0, 0], &whhT[0])
-        _transpose_panels(H, H, &w_hh[2 * H, 0], &whhT[2 * H * H])
+        _transpose_panels(G, I, &w_ih[0, 0], wihT)
+        _transpose_panels(2 * H, H, &w_hh[0, 0], whhT)
+        _transpose_panels(H, H, &w_hh[2 * H, 0], whhT + 2 * H * H)
         if n_threads == 1:
             for blk in range(n_blocks):
                 b_start = blk * per_block
                 b_stop = min(b_start + per_block, B)
-                _forward_block(&x[0, 0, 0], &wihT[0], &whhT[0],
+                _forward_block(&x[0, 0, 0], wihT, whhT,
                                &b_ih[0], &b_hh[0], &h0[0, 0], &lengths[0],
                                b_start, b_stop, T, I, H, reverse, reset_after,
                                &out[0, 0, 0], h_last_ptr, gates_ptr,
-                               &work[blk, 0], &iwork[blk, 0])
+                               work + blk * wsize, &iwork[blk, 0])
     if n_threads > 1:
         job = _Job()
         job.fn = _forward_item_f if floating is float else _forward_item_d
         job.n = n_blocks
         job.args.x = &x[0, 0, 0]
-        job.args.w_ih = &wihT[0]
-        job.args.w_hh = &whhT[0]
+        job.args.w_ih = wihT
+        job.args.w_hh = whhT
         job.args.b_ih = &b_ih[0]
         job.args.b_hh = &b_hh[0]
         job.args.h0 = &h0[0, 0]
@@ -1477,7 +1474,7 @@ cdef void _forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
         job.args.out = &out[0, 0, 0]
         job.args.h_last = h_last_ptr
         job.args.gates = gates_ptr
-        job.args.work = &work[0, 0]
+        job.args.work = work
         job.args.iwork = &iwork[0, 0]
         job.args.wstride = wsize
         job.args.istride = 2 * per_block
@@ -2880,37 +2877,41 @@ def layer_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
     steps = chunk_steps(B, T)
     # chunk arrays: d_gi (R, 3H), aux, h_in (R, H), x_c (R, I)
     cdef Py_ssize_t R = B * steps
+    # work arrays cut from the kept scratch: the packed W_ih (G*I) and W_hh
+    # (G*H) where the forward keeps its transposed weights (lines a training
+    # step has just written), the chunk arrays, per-block work (n_blocks,
+    # per_block * 8H), d_W_ih^T (I, G) and d_W_hh^T (H, G)
+    cdef Py_ssize_t wstride = per_block * 8 * H
     scratch = _take_scratch(
-        _lines(R * (G + 2 * H + I)) + _lines(n_blocks * per_block * 8 * H)
-        + 2 * (_lines(I * G) + _lines(H * G)), dtype)
-    cdef floating[::1] chunk, w_ih_p, w_hh_p
-    cdef floating[:, ::1] work, dwihT, dwhhT
-    chunk, at = _cut(scratch, 0, (R * (G + 2 * H + I),))
-    work, at = _cut(scratch, at, (n_blocks, per_block * 8 * H))
-    dwihT, at = _cut(scratch, at, (I, G))
-    dwhhT, at = _cut(scratch, at, (H, G))
-    w_ih_p, at = _cut(scratch, at, (G * I,))
-    w_hh_p, at = _cut(scratch, at, (G * H,))
+        2 * (_lines(I * G) + _lines(H * G)) + _lines(R * (G + 2 * H + I))
+        + n_blocks * wstride, dtype)
+    cdef floating[::1] space = scratch
+    cdef floating *w_ih_p = &space[0]
+    cdef floating *w_hh_p = w_ih_p + _lines(G * I)
+    cdef floating *dwihT = w_hh_p + _lines(G * H)
+    cdef floating *dwhhT = dwihT + _lines(I * G)
+    cdef floating *chunk = dwhhT + _lines(H * G)
+    cdef floating *work = chunk + _lines(R * (G + 2 * H + I))
     cdef Py_ssize_t[:, ::1] iwork = np.empty((n_blocks, 3 * per_block),
                                              dtype=np.intp)
     cdef Py_ssize_t[::1] row0 = np.empty(B, dtype=np.intp)
     with nogil:
-        _copy_panels(G, I, &w_ih[0, 0], &w_ih_p[0])
-        _copy_panels(G, H, &w_hh[0, 0], &w_hh_p[0])
+        _copy_panels(G, I, &w_ih[0, 0], w_ih_p)
+        _copy_panels(G, H, &w_hh[0, 0], w_hh_p)
 
     job = _Job()
     job.fn = _backward_item_f if floating is float else _backward_item_d
     job.n = n_blocks
     job.args.x = &x[0, 0, 0]
-    job.args.w_ih = &w_ih_p[0]
-    job.args.w_hh = &w_hh_p[0]
+    job.args.w_ih = w_ih_p
+    job.args.w_hh = w_hh_p
     job.args.h0 = &h0[0, 0]
     job.args.lengths = &lengths[0]
     job.args.out = <void *>&out[0, 0, 0]
     job.args.gates = <void *>&gates[0, 0, 0]
-    job.args.work = &work[0, 0]
+    job.args.work = work
     job.args.iwork = &iwork[0, 0]
-    job.args.wstride = work.shape[1]
+    job.args.wstride = wstride
     job.args.istride = iwork.shape[1]
     _set_layer_args(&job.args, per_block, B, T, I, H, reverse, reset_after)
     job.args.d_out = &d_out[0, 0, 0]
@@ -2918,12 +2919,12 @@ def layer_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
     job.args.d_h0 = &d_h0[0, 0]
     job.args.d_x = &d_x[0, 0, 0]
     job.args.row0 = &row0[0]
-    job.args.d_gi = &chunk[0]
-    job.args.aux = &chunk[R * G]
-    job.args.h_in = &chunk[R * (G + H)]
-    job.args.x_c = &chunk[R * (G + 2 * H)]
-    job.args.dwihT = &dwihT[0, 0]
-    job.args.dwhhT = &dwhhT[0, 0]
+    job.args.d_gi = chunk
+    job.args.aux = chunk + R * G
+    job.args.h_in = chunk + R * (G + H)
+    job.args.x_c = chunk + R * (G + 2 * H)
+    job.args.dwihT = dwihT
+    job.args.dwhhT = dwhhT
     job.args.d_w_ih = &d_w_ih[0, 0]
     job.args.d_w_hh = &d_w_hh[0, 0]
     job.args.d_b_ih = &d_b_ih[0]

@@ -41,7 +41,9 @@ How the kernels are organised:
   spelled out by the code. It agrees with a one-step ``layer_forward`` to
   rounding, and a sample's result does not depend on its batch or the thread
   count.
-- Work arrays are kept per Python thread and reused.
+- Work arrays are kept per Python thread and reused. They, the packed
+  weights and the per-block rows start on 64-byte boundaries (see
+  ``numgru._aligned``).
 - float64 uses ``np.tanh`` and ``np.exp``; float32 uses a rational
   approximation of ``tanh`` (max abs error 3.5e-7) on SIMD vectors;
   sigmoid(x) = (1 + tanh(x / 2)) / 2.
@@ -59,6 +61,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, overload, register_model
 
+from ._aligned import ALIGNMENT, aligned_empty
 from ._chunks import chunk_steps
 
 __all__ = ["layer_forward", "layer_backward", "cell_forward",
@@ -876,6 +879,33 @@ def _gemm_from(A, ia, ak0, Wp, wk0, nk, nj, C, ic, cj0, na, S, iS):
                          src, isrc)
 
 
+@intrinsic
+def _address(typingctx, a):
+    """The address of the first element of the array ``a``, as an integer."""
+    if not isinstance(a, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.ptrtoint(array.data,
+                                context.get_value_type(types.intp))
+    return types.intp(a), codegen
+
+
+@njit(**_JIT)
+def _aligned_empty(shape, like):
+    # an uninitialised C-contiguous array of the given shape (a tuple) and
+    # the dtype of the array `like`, starting on a 64-byte boundary (see
+    # numgru._aligned; Numba's own arrays start on 32-byte ones)
+    n = 1
+    for extent in shape:
+        n *= extent
+    pad = ALIGNMENT // like.itemsize
+    buf = np.empty(n + pad, like.dtype)
+    start = -_address(buf) % ALIGNMENT // like.itemsize
+    return buf[start:start + n].reshape(shape)
+
+
 @njit(**_JIT)
 def _pack(w, max_width):
     # w (K, N) row-contiguous   returns (ceil(N/width), K, width): the
@@ -883,7 +913,7 @@ def _pack(w, max_width):
     # t*width+width-1 (zero padded), so a pass over one tile reads memory in
     # order. The width (whole vectors, at most max_width) changes speed,
     # never results.
-    packed = np.empty(_packed_shape(w, max_width), w.dtype)
+    packed = _aligned_empty(_packed_shape(w, max_width), w)
     _pack_into(w, packed)
     return packed
 
@@ -939,7 +969,7 @@ def _pack_transposed(w, r0, n, max_width):
     L = _lanes(w)
     width = _tile_width(n, L, max_width)
     n_tiles = (n + width - 1) // width
-    packed = np.empty((n_tiles, K, width), w.dtype)
+    packed = _aligned_empty((n_tiles, K, width), w)
     for tile in range(n_tiles):
         r_lo = r0 + tile * width
         m = min(width, n - tile * width)
@@ -1212,8 +1242,8 @@ def _outer_acc(A, acol, X, xk0, nk, ra, rx, nrows, D, j0, j1, dk0, db):
     # panels of 2L, Ap the columns of one group of _AP outputs (copied a
     # vector at a time), or of 8 outputs for the rest
     n_pair = nv // (2 * L) if j1 - j0 >= 8 else 0
-    Xp = np.empty((n_pair, _RC, 2 * L), D.dtype)
-    Ap = np.empty((_RC, _AP), D.dtype)
+    Xp = _aligned_empty((n_pair, _RC, 2 * L), D)
+    Ap = _aligned_empty((_RC, _AP), D)
     for r_lo in range(0, nrows, _RC):
         r_hi = min(r_lo + _RC, nrows)
         rn = r_hi - r_lo
@@ -1685,12 +1715,12 @@ def _forward_kernel_task(ib, x2, w_ih_p, w_rz_p, w_n_p, b_ih, b_hh, h0,
             out2[b * T + t, :] = 0
             if keep_gates:
                 gates2[b * T + t, :] = 0
-    h = np.empty((nb, H), x2.dtype)
+    h = _aligned_empty((nb, H), x2)
     for s in range(nb):
         h[s, :] = h0[b0 + s]
-    gh = np.empty((nb, G), x2.dtype)
-    rh = np.empty((nb, H), x2.dtype)
-    scratch = np.empty((nb, 4 * H), x2.dtype)
+    gh = _aligned_empty((nb, G), x2)
+    rh = _aligned_empty((nb, H), x2)
+    scratch = _aligned_empty((nb, 4 * H), x2)
     active = np.empty(nb, np.int64)
     bias_hh = b_hh.reshape(1, G)
     # row indices that all name the one row of a bias seen as (1, 3H)
@@ -2027,8 +2057,8 @@ def _backward_kernel(w_ih, w_hh, h0, lengths, T, reverse, reset_after, out2,
     dh, dh_new, d_rh, chunks, d_w_ih_k = _backward_setup(
         w_ih, lengths, TC, d_h_last, d_w_ih, narrow)
     n_packs = min(n_workers, n_blocks)
-    w_ih_ps = np.empty((n_packs,) + _packed_shape(w_ih, _MAX_TILE), w_ih.dtype)
-    w_hh_ps = np.empty((n_packs,) + _packed_shape(w_hh, _MAX_TILE), w_hh.dtype)
+    w_ih_ps = _aligned_empty((n_packs,) + _packed_shape(w_ih, _MAX_TILE), w_ih)
+    w_hh_ps = _aligned_empty((n_packs,) + _packed_shape(w_hh, _MAX_TILE), w_hh)
     n_chunks = chunks.shape[0]
     next_block = np.empty(1, np.int64)
     next_tile = np.empty(1, np.int64)
@@ -2622,7 +2652,7 @@ def _work(slot, size, dtype):
         bufs = _buffers.bufs = [None, None, None]
     buf = bufs[slot]
     if buf is None or buf.dtype != dtype or buf.size < size:
-        buf = np.empty(max(size, 1), dtype)
+        buf = aligned_empty(max(size, 1), dtype)
         bufs[slot] = buf
     return buf[:size]
 
