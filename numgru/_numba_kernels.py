@@ -2003,11 +2003,12 @@ def _backward_setup(w_ih, lengths, TC, d_h_last, d_w_ih, narrow):
     # d_w_ih: an (I, 3H) array when narrow, else d_w_ih. The tasks of the
     # first chunk zero the gradients (each its own part, on its own thread).
     # Arrays as in layer_backward.
-    dh = d_h_last.copy()
-    dh_new = np.empty_like(dh)
-    d_rh = np.empty_like(dh)
+    dh = _aligned_empty(d_h_last.shape, d_h_last)
+    dh[...] = d_h_last
+    dh_new = _aligned_empty(dh.shape, dh)
+    d_rh = _aligned_empty(dh.shape, dh)
     if narrow:
-        d_w_ih_k = np.empty((w_ih.shape[1], w_ih.shape[0]), w_ih.dtype)
+        d_w_ih_k = _aligned_empty((w_ih.shape[1], w_ih.shape[0]), w_ih)
     else:
         d_w_ih_k = d_w_ih
     max_len = lengths.max()
