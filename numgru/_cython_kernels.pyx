@@ -1135,9 +1135,11 @@ _CACHE_BYTES = 768 * 1024
 # bytes) so that calls do not page-fault fresh memory. Allocating them anew
 # at every call let the C allocator hand memory back to the system and fault
 # it in again: in a loop of forward(return_cache=True) and backward, B, T,
-# I, H = 32, 20, 50, 128, that was about 690 page faults and 1 ms of a 1.5 ms
-# train step in some processes. Taking the scratch removes it from the pool:
-# concurrent calls never share.
+# I, H = 32, 20, 50, 128, that was about 690 page faults per train step in
+# some processes, which then took 2.5 ms instead of 1.5 ms. The scratch
+# starts on a 64-byte boundary and every piece on a multiple of 64 bytes
+# from it (see numgru._aligned). Taking the scratch removes it from the
+# pool: concurrent calls never share.
 _scratch = {}
 _SCRATCH_KEEP = 64 * 1024 * 1024
 
@@ -2878,9 +2880,8 @@ def layer_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
     # chunk arrays: d_gi (R, 3H), aux, h_in (R, H), x_c (R, I)
     cdef Py_ssize_t R = B * steps
     # work arrays cut from the kept scratch: the packed W_ih (G*I) and W_hh
-    # (G*H) where the forward keeps its transposed weights (lines a training
-    # step has just written), the chunk arrays, per-block work (n_blocks,
-    # per_block * 8H), d_W_ih^T (I, G) and d_W_hh^T (H, G)
+    # (G*H), d_W_ih^T (I, G), d_W_hh^T (H, G), the chunk arrays and the
+    # per-block work (n_blocks, per_block * 8H)
     cdef Py_ssize_t wstride = per_block * 8 * H
     scratch = _take_scratch(
         2 * (_lines(I * G) + _lines(H * G)) + _lines(R * (G + 2 * H + I))
