@@ -12,7 +12,7 @@ __all__ = ["ALIGNMENT", "aligned_empty"]
 # boundary spans two lines. Measured here, 2 threads, with these arrays on
 # 64-byte boundaries instead of where numpy's and Numba's allocators put them
 # (16 or 32 bytes past one): the Cython backward at B, T, I, H = 32, 20, 50,
-# 128 about 1.08x faster (its scratch array aligned against 16 bytes off),
+# 128 about 1.07x faster (its scratch array aligned against 16 bytes off),
 # Numba train steps 1.01x to 1.10x faster (that shape, (64, 100, 32, 128)
 # and (128, 100, 128, 512)). Inputs and outputs, which a call reads or
 # writes once, gave the same times aligned or not.
