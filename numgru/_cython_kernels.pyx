@@ -1164,7 +1164,6 @@ cdef inline Py_ssize_t _lines(Py_ssize_t n) noexcept nogil:
     return (n + 15) // 16 * 16
 
 
-
 # Below this many floating-point operations (forward pass of one layer) a
 # call runs on the calling thread only: waking (and, on a busy machine,
 # waiting for) other OpenMP threads costs more than the work. Results do not

@@ -922,7 +922,14 @@ def _pack(w, max_width):
 def _packed_shape(w, max_width):
     # the shape of _pack(w, max_width)
     K, N = w.shape
-    width = _tile_width(N, _lanes(w), max_width)
+    return _tiled_shape(K, N, _lanes(w), max_width)
+
+
+@njit(**_JIT)
+def _tiled_shape(K, N, L, max_width):
+    # (n_tiles, K, width): N columns of K rows in tiles of whole L-lane
+    # vectors, at most max_width wide (the last tile zero padded)
+    width = _tile_width(N, L, max_width)
     return ((N + width - 1) // width, K, width)
 
 
@@ -967,8 +974,7 @@ def _pack_transposed(w, r0, n, max_width):
     # value at a time
     K = w.shape[1]
     L = _lanes(w)
-    width = _tile_width(n, L, max_width)
-    n_tiles = (n + width - 1) // width
+    n_tiles, _, width = _tiled_shape(K, n, L, max_width)
     packed = _aligned_empty((n_tiles, K, width), w)
     for tile in range(n_tiles):
         r_lo = r0 + tile * width
@@ -2349,7 +2355,9 @@ def _step_dots(out, o, w, r, nr, a, s, w2, a2, s2, with2):
     # time (the last group repeats row r + nr - 1 where rows run out): one
     # load of a serves eight rows, and eight sums share the shuffles of one
     # tree (1.2x faster than four rows for I, H = 32, 128, with AVX-512 and
-    # with AVX2 code alike).
+    # with AVX2 code alike; sixteen rows were slower). The eight accumulators
+    # are written out one by one: the same loop over a tuple of them, or
+    # over the two operand pairs, compiled to code slower than four rows.
     lanes = _lanes_count(w)
     n = w.shape[1]
     n2 = w2.shape[1]
