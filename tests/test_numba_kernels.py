@@ -245,9 +245,11 @@ def test_backward_zeroes_every_gradient_element(n_threads, I, H, monkeypatch):
     # the tasks of the first chunk zero the gradients, each its own part:
     # outputs full of NaN beforehand come back equal to the reference, with
     # samples shorter than the sequence (their d_x rows past the end are 0),
-    # narrow (I = 3) input weights, and (I = 300, H = 264) weight-gradient
-    # tiles split along both axes (_TASK_ROWS, _TASK_COLS)
-    assert I == 3 or (3 * H > nk._TASK_ROWS and min(I, H) > nk._TASK_COLS)
+    # narrow (I = 3) input weights in tiles of _NARROW_ROWS gates, and
+    # (I = 300, H = 264) weight-gradient tiles split along both axes
+    # (_TASK_ROWS, _TASK_COLS)
+    assert ((I == 3 and 3 * H > nk._NARROW_ROWS)
+            or (3 * H > nk._TASK_ROWS and min(I, H) > nk._TASK_COLS))
     for name in ("_SERIAL_WORK", "_SERIAL_TOTAL", "_SERIAL_CHUNK"):
         monkeypatch.setattr(nk, name, 0)
     B, T = 5, 9
