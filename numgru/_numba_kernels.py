@@ -1469,37 +1469,54 @@ def _copy(src, dst, n):
 
 
 @njit(inline="always", **_JIT)
-def _after_values(a_r, a_z, a_i, hn, h, one):
-    # reset_after step from the pre-activations: returns (h_new, r, z, n)
-    r = _sigmoid(a_r)
-    z = _sigmoid(a_z)
-    n = _tanh(a_i + r * hn)
-    return (one - z) * n + z * h, r, z, n
+def _rz_values(a_r, a_z):
+    # the reset and update gates from their pre-activations: returns (r, z)
+    return _sigmoid(a_r), _sigmoid(a_z)
+
+
+@njit(inline="always", **_JIT)
+def _n_values(z, a_n, h, one):
+    # candidate and new state from the candidate's pre-activation:
+    # returns (h_new, n)
+    n = _tanh(a_n)
+    return (one - z) * n + z * h, n
 
 
 @njit(inline="always", **_JIT)
 def _step_after(gi, gh, h, h_new, g, H):
     # gi (3H,) input projection + b_ih    gh (3H,) W_hh h + b_hh
     # h (H,) previous state   h_new (H,) written   g (4H,) written [r, z, n, hn]
+    # Groups of four vectors, each in two passes: r and z, then n and the
+    # new state (as in the reset-before form). A pass's chain of dependent
+    # operations is about half as long as the whole step's, and the core
+    # overlaps more of its iterations. Measured against one pass, same bits,
+    # 2 threads, in-process A/B: forward with the cache 1.06x to 1.08x
+    # faster at (B, T, I, H) = (64, 100, 32, 128), inference 1.01x to
+    # 1.06x; 1.10x and 1.14x at (32, 100, 1, 64); 1.02x and 1.03x at
+    # (128, 100, 128, 512), where two passes over all of H were 0.95x to
+    # 0.99x.
     one = _unit(h[0])
     L = _lanes(h)
-    j = 0
-    while j + L <= H:
-        hn = _vload1(gh, 2 * H + j)
-        v, r, z, n = _after_values(
-            _vload1(gi, j) + _vload1(gh, j),
-            _vload1(gi, H + j) + _vload1(gh, H + j),
-            _vload1(gi, 2 * H + j), hn, _vload1(h, j), one)
-        _vstore1(h_new, j, v)
-        _vstore1(g, j, r)
-        _vstore1(g, H + j, z)
-        _vstore1(g, 2 * H + j, n)
-        _vstore1(g, 3 * H + j, hn)
-        j += L
-    for j in range(j, H):
+    nv = H - H % L
+    for j0 in range(0, nv, 4 * L):
+        j1 = min(j0 + 4 * L, nv)
+        for j in range(j0, j1, L):
+            r, z = _rz_values(_vload1(gi, j) + _vload1(gh, j),
+                              _vload1(gi, H + j) + _vload1(gh, H + j))
+            _vstore1(g, j, r)
+            _vstore1(g, H + j, z)
+        for j in range(j0, j1, L):
+            hn = _vload1(gh, 2 * H + j)
+            v, n = _n_values(_vload1(g, H + j),
+                             _vload1(gi, 2 * H + j) + _vload1(g, j) * hn,
+                             _vload1(h, j), one)
+            _vstore1(h_new, j, v)
+            _vstore1(g, 2 * H + j, n)
+            _vstore1(g, 3 * H + j, hn)
+    for j in range(nv, H):
+        r, z = _rz_values(gi[j] + gh[j], gi[H + j] + gh[H + j])
         hn = gh[2 * H + j]
-        v, r, z, n = _after_values(gi[j] + gh[j], gi[H + j] + gh[H + j],
-                                   gi[2 * H + j], hn, h[j], one)
+        v, n = _n_values(z, gi[2 * H + j] + r * hn, h[j], one)
         h_new[j] = v
         g[j] = r
         g[H + j] = z
@@ -1514,23 +1531,17 @@ def _step_before_rz(gi, gh, h, rh, g, H):
     L = _lanes(h)
     j = 0
     while j + L <= H:
-        r = _sigmoid(_vload1(gi, j) + _vload1(gh, j))
+        r, z = _rz_values(_vload1(gi, j) + _vload1(gh, j),
+                          _vload1(gi, H + j) + _vload1(gh, H + j))
         _vstore1(g, j, r)
-        _vstore1(g, H + j, _sigmoid(_vload1(gi, H + j) + _vload1(gh, H + j)))
+        _vstore1(g, H + j, z)
         _vstore1(rh, j, r * _vload1(h, j))
         j += L
     for j in range(j, H):
-        r = _sigmoid(gi[j] + gh[j])
+        r, z = _rz_values(gi[j] + gh[j], gi[H + j] + gh[H + j])
         g[j] = r
-        g[H + j] = _sigmoid(gi[H + j] + gh[H + j])
+        g[H + j] = z
         rh[j] = r * h[j]
-
-
-@njit(inline="always", **_JIT)
-def _before_n_values(z, a_n, h, one):
-    # reset-before step, candidate and new state: returns (h_new, n)
-    n = _tanh(a_n)
-    return (one - z) * n + z * h, n
 
 
 @njit(inline="always", **_JIT)
@@ -1542,15 +1553,15 @@ def _step_before_n(gi, gh, h, h_new, g, H):
     j = 0
     while j + L <= H:
         hn = _vload1(gh, 2 * H + j)
-        v, n = _before_n_values(_vload1(g, H + j), _vload1(gi, 2 * H + j) + hn,
-                                _vload1(h, j), one)
+        v, n = _n_values(_vload1(g, H + j), _vload1(gi, 2 * H + j) + hn,
+                         _vload1(h, j), one)
         _vstore1(h_new, j, v)
         _vstore1(g, 2 * H + j, n)
         _vstore1(g, 3 * H + j, hn)
         j += L
     for j in range(j, H):
         hn = gh[2 * H + j]
-        v, n = _before_n_values(g[H + j], gi[2 * H + j] + hn, h[j], one)
+        v, n = _n_values(g[H + j], gi[2 * H + j] + hn, h[j], one)
         h_new[j] = v
         g[2 * H + j] = n
         g[3 * H + j] = hn
