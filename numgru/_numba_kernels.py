@@ -1931,6 +1931,17 @@ _NARROW_ROWS = 64  # rows per task of the input-weight gradient when narrow
 
 
 @njit(**_JIT)
+def _task_output(which, I, H, narrow):
+    # output `which` of the weight-gradient tasks (see _weight_grad_setup):
+    # its gate rows [j_lo, j_hi), its columns nk and the gate rows per task
+    j_lo = 0 if which < 2 else 2 * H
+    j_hi = 2 * H if which == 1 else 3 * H
+    nk = I if which == 0 else H
+    rows = _NARROW_ROWS if which == 0 and narrow else _TASK_ROWS
+    return j_lo, j_hi, nk, rows
+
+
+@njit(**_JIT)
 def _weight_grad_setup(lengths, T, reverse, s_lo, s_hi, TC, I, H, narrow):
     # The rows of steps s_lo .. s_hi-1 in summation order (b ascending, then
     # step ascending): chunk rows rc (b*TC + step - s_lo) and input rows rx
@@ -1939,7 +1950,6 @@ def _weight_grad_setup(lengths, T, reverse, s_lo, s_hi, TC, I, H, narrow):
     # the tile [j0, j1) x [k0, k1) of that output; narrow as in
     # _weight_grad_task.
     B = lengths.shape[0]
-    G = 3 * H
     rc = np.empty(B * (s_hi - s_lo), np.int64)
     rx = np.empty(B * (s_hi - s_lo), np.int64)
     n_rows = 0
@@ -1951,20 +1961,13 @@ def _weight_grad_setup(lengths, T, reverse, s_lo, s_hi, TC, I, H, narrow):
             n_rows += 1
     n_task = 0
     for which in range(3):
-        j_lo = 0 if which < 2 else 2 * H
-        j_hi = G if which == 0 else (2 * H if which == 1 else G)
-        nk = I if which == 0 else H
-        rows = _NARROW_ROWS if which == 0 and narrow else _TASK_ROWS
-        for j in range(j_lo, j_hi, rows):
-            for k in range(0, nk, _TASK_COLS):
-                n_task += 1
+        j_lo, j_hi, nk, rows = _task_output(which, I, H, narrow)
+        n_task += ((j_hi - j_lo + rows - 1) // rows
+                   * ((nk + _TASK_COLS - 1) // _TASK_COLS))
     tasks = np.empty((n_task, 5), np.int64)
     n_task = 0
     for which in range(3):
-        j_lo = 0 if which < 2 else 2 * H
-        j_hi = G if which == 0 else (2 * H if which == 1 else G)
-        nk = I if which == 0 else H
-        rows = _NARROW_ROWS if which == 0 and narrow else _TASK_ROWS
+        j_lo, j_hi, nk, rows = _task_output(which, I, H, narrow)
         for j in range(j_lo, j_hi, rows):
             for k in range(0, nk, _TASK_COLS):
                 tasks[n_task, 0] = which
