@@ -787,44 +787,31 @@ cdef extern from *:
        into g (4H,), in one pass (the stores of g, a row of the training
        cache, spread among the arithmetic). The same operations in the same
        order as ng_add, ng_sigmoid_*, ng_addmul, ng_tanh_* and ng_hnew, so
-       the same bits. */
-    NG_CLONES static void ng_fwd_after_float(ptrdiff_t H,
-        const float *__restrict gi, const float *__restrict gh,
-        const float *__restrict h, float *__restrict out,
-        float *__restrict g)
-    {
-        const float one = 1;
-        for (ptrdiff_t j = 0; j < H; j++) {
-            float r, z, n;
-            NG_SIGMOID_F32(gi[j] + gh[j], r);
-            NG_SIGMOID_F32(gi[H + j] + gh[H + j], z);
-            const float hn = gh[2 * H + j];
-            NG_TANH_F32(gi[2 * H + j] + r * hn, n);
-            out[j] = (one - z) * n + z * h[j];
-            g[j] = r;
-            g[H + j] = z;
-            g[2 * H + j] = n;
-            g[3 * H + j] = hn;
-        }
+       the same bits; SIGMOID and TANH(x, out) set out to the activation of
+       x for the type T. */
+    #define NG_DEFINE_FWD_AFTER(T, SIGMOID, TANH)                              \
+    NG_CLONES static void ng_fwd_after_##T(ptrdiff_t H,                        \
+        const T *__restrict gi, const T *__restrict gh,                        \
+        const T *__restrict h, T *__restrict out, T *__restrict g)             \
+    {                                                                          \
+        const T one = 1;                                                       \
+        for (ptrdiff_t j = 0; j < H; j++) {                                    \
+            T r, z, n;                                                         \
+            SIGMOID(gi[j] + gh[j], r);                                         \
+            SIGMOID(gi[H + j] + gh[H + j], z);                                 \
+            const T hn = gh[2 * H + j];                                        \
+            TANH(gi[2 * H + j] + r * hn, n);                                   \
+            out[j] = (one - z) * n + z * h[j];                                 \
+            g[j] = r;                                                          \
+            g[H + j] = z;                                                      \
+            g[2 * H + j] = n;                                                  \
+            g[3 * H + j] = hn;                                                 \
+        }                                                                      \
     }
-    NG_CLONES static void ng_fwd_after_double(ptrdiff_t H,
-        const double *__restrict gi, const double *__restrict gh,
-        const double *__restrict h, double *__restrict out,
-        double *__restrict g)
-    {
-        const double one = 1;
-        for (ptrdiff_t j = 0; j < H; j++) {
-            const double r = ng_sigmoid_f64(gi[j] + gh[j]);
-            const double z = ng_sigmoid_f64(gi[H + j] + gh[H + j]);
-            const double hn = gh[2 * H + j];
-            const double n = tanh(gi[2 * H + j] + r * hn);
-            out[j] = (one - z) * n + z * h[j];
-            g[j] = r;
-            g[H + j] = z;
-            g[2 * H + j] = n;
-            g[3 * H + j] = hn;
-        }
-    }
+    #define NG_SIGMOID_F64(x_in, out) ((out) = ng_sigmoid_f64(x_in))
+    #define NG_TANH_F64(x_in, out) ((out) = tanh(x_in))
+    NG_DEFINE_FWD_AFTER(float, NG_SIGMOID_F32, NG_TANH_F32)
+    NG_DEFINE_FWD_AFTER(double, NG_SIGMOID_F64, NG_TANH_F64)
     """
     int NG_OPENMP
     void ng_gemm_float(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
