@@ -406,7 +406,7 @@ class BaseGRUEstimator(BaseEstimator):
             weight_sum = float(values.shape[0])
         else:
             weight_sum = float(sample_weight.sum())
-        output_seq, h_n, cache = gru.forward(
+        _, h_n, cache = gru.forward(
             values, lengths=lengths, return_cache=True, training=True,
             rng=self._dropout_rng)
         features = self._last_hidden(h_n)
@@ -417,9 +417,11 @@ class BaseGRUEstimator(BaseEstimator):
 
         penalty_scale = self.alpha / weight_sum
         weight_names = [name for name in gru.params if name.startswith("weight")]
-        squared_norm = float(np.sum(self.head_weight_.astype(np.float64) ** 2))
-        for name in weight_names:
-            squared_norm += float(np.sum(gru.params[name].astype(np.float64) ** 2))
+        # summed in the parameters' dtype, as scikit-learn's MLP does
+        squared_norm = sum(
+            float(np.einsum("ij,ij->", weight, weight))
+            for weight in [self.head_weight_]
+            + [gru.params[name] for name in weight_names])
         loss += 0.5 * penalty_scale * squared_norm
 
         cast = np.dtype(self.dtype).type
@@ -434,9 +436,9 @@ class BaseGRUEstimator(BaseEstimator):
             d_h_n[-1] = d_features[:, hidden:]
         else:
             d_h_n[-1] = d_features
-        grads, _, _ = gru.backward(cache, np.zeros_like(output_seq), d_h_n)
+        grads, _, _ = gru.backward(cache, None, d_h_n)
         for name in weight_names:
-            grads[name] = grads[name] + cast(penalty_scale) * gru.params[name]
+            grads[name] += cast(penalty_scale) * gru.params[name]
         grad_list = [grads[name] for name in gru.params]
         grad_list += [d_head_weight, d_head_bias]
         return loss, grad_list

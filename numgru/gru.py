@@ -327,9 +327,10 @@ class GRU:
         cache : ForwardCache
             From ``forward(..., return_cache=True)`` on this model, with the
             parameters unchanged since.
-        d_output : array-like of shape (batch, steps, D * hidden_size)
+        d_output : array-like of shape (batch, steps, D * hidden_size) or None
             Gradient of the loss w.r.t. ``output`` (entries past a sample's
-            length are ignored).
+            length are ignored); None when the loss does not depend on
+            ``output`` (zeros, as for ``d_h_n``).
         d_h_n : array-like of shape (num_layers * D, batch, hidden_size), default=None
             Gradient of the loss w.r.t. ``h_n``; zeros when None.
 
@@ -350,8 +351,11 @@ class GRU:
             raise ValueError("cache was made by another GRU's forward")
         n_samples, n_steps, _ = cache.x_shape
         H, D = self.hidden_size, self.num_directions
-        d_output = check_float_array(
-            d_output, "d_output", (n_samples, n_steps, D * H), self.dtype)
+        if d_output is None:
+            d_output = np.zeros((n_samples, n_steps, D * H), dtype=self.dtype)
+        else:
+            d_output = check_float_array(
+                d_output, "d_output", (n_samples, n_steps, D * H), self.dtype)
         d_h_n = self._check_state(d_h_n, "d_h_n", n_samples)
         kernels = get_backend(self.backend)
         n_threads = get_num_threads()

@@ -395,6 +395,23 @@ def test_bad_lengths(lengths, exc, message):
         gru.forward(np.ones((2, 4, 3)), lengths=lengths)
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_backward_without_d_output_is_backward_of_zeros(backend, bidirectional):
+    rng = np.random.default_rng(0)
+    gru = GRU(3, 4, num_layers=2, bidirectional=bidirectional, backend=backend,
+              random_state=0)
+    x = rng.standard_normal((5, 6, 3))
+    _, h_n, cache = gru.forward(x, lengths=[6, 1, 3, 6, 2], return_cache=True)
+    d_h_n = rng.standard_normal(h_n.shape)
+    zeros = np.zeros((5, 6, gru.num_directions * 4))
+    want = gru.backward(cache, zeros, d_h_n)
+    got = gru.backward(cache, None, d_h_n)
+    for name in want[0]:
+        assert got[0][name].tobytes() == want[0][name].tobytes(), name
+    assert got[1].tobytes() == want[1].tobytes()
+    assert got[2].tobytes() == want[2].tobytes()
+
+
 def test_bad_h0_and_gradients():
     gru = GRU(3, 2, num_layers=2, backend="numpy")
     with pytest.raises(ValueError, match=r"h0 must have shape \(2, 1, 2\)"):
