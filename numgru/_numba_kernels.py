@@ -2196,6 +2196,31 @@ def all_finite(values):
 
 
 # ---------------------------------------------------------------------------
+# Optimizer step
+# ---------------------------------------------------------------------------
+
+@njit(**_JIT)
+def adam_step(grad, m, v, beta_1, one_minus_beta_1, beta_2, one_minus_beta_2,
+              minus_rate, epsilon):
+    # grad, m, v (n,) float, one dtype; the scalars of that dtype.
+    # m and v updated in place; grad overwritten with the update:
+    #   m = m * beta_1 + one_minus_beta_1 * grad
+    #   v = v * beta_2 + (grad * grad) * one_minus_beta_2
+    #   grad = (minus_rate * m) / (sqrt(v) + epsilon)
+    # each operation rounded on its own, in this order (numpy's order in
+    # numgru._optim.AdamOptimizer, hence the same bits), in one pass
+    for i in range(grad.shape[0]):
+        g = grad[i]
+        mi = m[i] * beta_1
+        mi = mi + one_minus_beta_1 * g
+        vi = v[i] * beta_2
+        vi = vi + (g * g) * one_minus_beta_2
+        m[i] = mi
+        v[i] = vi
+        grad[i] = (minus_rate * mi) / (np.sqrt(vi) + epsilon)
+
+
+# ---------------------------------------------------------------------------
 # One step for streaming (cell_forward, step_forward)
 # ---------------------------------------------------------------------------
 #

@@ -9,9 +9,20 @@ keeps no reference to the parameters (only its own state, in the
 parameters' dtype), so it pickles independently of the model.
 """
 
+import math
+import sys
+
 import numpy as np
 
 __all__ = ["AdamOptimizer", "SGDOptimizer", "clip_grad_norm"]
+
+
+def _adam_kernel():
+    """The compiled one-pass Adam step once the Numba backend is loaded, else
+    None (other backends do not import Numba for it). Both give the same
+    bits."""
+    module = sys.modules.get("numgru._numba_kernels")
+    return None if module is None else module.adam_step
 
 
 def clip_grad_norm(grads, max_norm):
@@ -41,10 +52,17 @@ def clip_grad_norm(grads, max_norm):
 class BaseOptimizer:
     """Common interface of the stochastic optimizers.
 
+    The optimizer's state (moments, velocities) is held in flat arrays, one
+    value per parameter value, so that an update runs a few operations over
+    all parameters at once rather than a few per parameter array. Each value
+    goes through the same operations, in the same order, as it would one
+    array at a time.
+
     Parameters
     ----------
     params : list of ndarray
-        Parameter arrays the optimizer will update (shapes and dtypes).
+        Parameter arrays the optimizer will update (shapes and one common
+        dtype).
     learning_rate_init : float, default=0.1
         Step size.
 
@@ -55,8 +73,28 @@ class BaseOptimizer:
     """
 
     def __init__(self, params, learning_rate_init=0.1):
+        dtypes = {np.dtype(param.dtype) for param in params}
+        if len(dtypes) > 1:
+            raise ValueError(
+                f"params must share one dtype, got {sorted(map(str, dtypes))}")
         self.learning_rate_init = learning_rate_init
         self.learning_rate = float(learning_rate_init)
+        self._shapes = [tuple(param.shape) for param in params]
+        self._dtype = dtypes.pop() if dtypes else np.dtype(np.float64)
+
+    def _zeros(self):
+        """A flat state array: one zero per parameter value."""
+        return np.zeros(sum(math.prod(shape) for shape in self._shapes),
+                        dtype=self._dtype)
+
+    def _per_param(self, flat):
+        """Views of a flat state array, one per parameter, in their shapes."""
+        views, start = [], 0
+        for shape in self._shapes:
+            size = math.prod(shape)
+            views.append(flat[start:start + size].reshape(shape))
+            start += size
+        return views
 
     def update_params(self, params, grads):
         """Apply one update step to the parameters, in place.
@@ -69,14 +107,21 @@ class BaseOptimizer:
         grads : list of ndarray
             Gradients, in the same order and shapes as ``params``.
         """
-        if len(grads) != len(params):
-            raise ValueError(f"expected one gradient per parameter, got "
-                             f"{len(grads)} gradients for {len(params)} "
-                             f"parameters")
-        for param, update in zip(params, self._get_updates(grads)):
+        if len(grads) != len(params) or len(params) != len(self._shapes):
+            raise ValueError(f"expected one gradient per parameter "
+                             f"({len(self._shapes)}), got {len(grads)} "
+                             f"gradients for {len(params)} parameters")
+        for grad, shape in zip(grads, self._shapes):
+            if grad.shape != shape:
+                raise ValueError(f"expected gradients of shapes {self._shapes}, "
+                                 f"got one of shape {grad.shape}")
+        grad = np.concatenate(grads, axis=None).astype(self._dtype, copy=False)
+        for param, update in zip(params, self._per_param(self._get_updates(grad))):
             param += update
 
-    def _get_updates(self, grads):
+    def _get_updates(self, grad):
+        """The flat update of all parameters from their flat gradient
+        (which the optimizer owns and may overwrite)."""
         raise NotImplementedError
 
     def iteration_ends(self, time_step):
@@ -107,6 +152,23 @@ class BaseOptimizer:
             print(msg + " Stopping.")
         return True
 
+    # Optimizers pickled by earlier numgru versions hold their state as lists
+    # of per-parameter arrays under these names; unpickling flattens them.
+    _LISTED_STATE = {"ms": "_m", "vs": "_v", "velocities": "_velocity"}
+
+    def __setstate__(self, state):
+        for listed, flat in self._LISTED_STATE.items():
+            arrays = state.pop(listed, None)
+            if arrays is None:
+                continue
+            dtype = state.setdefault("_dtype", np.dtype(
+                arrays[0].dtype if arrays else np.float64))
+            state.setdefault("_shapes", [tuple(array.shape) for array in arrays])
+            state[flat] = np.concatenate(
+                [np.ravel(array) for array in arrays] or [np.zeros(0)]
+            ).astype(dtype)
+        self.__dict__.update(state)
+
 
 class SGDOptimizer(BaseOptimizer):
     """Stochastic gradient descent with (Nesterov) momentum.
@@ -118,7 +180,8 @@ class SGDOptimizer(BaseOptimizer):
     Parameters
     ----------
     params : list of ndarray
-        Parameter arrays the optimizer will update (shapes and dtypes).
+        Parameter arrays the optimizer will update (shapes and one common
+        dtype).
     learning_rate_init : float, default=0.1
         Step size.
     momentum : float, default=0.9
@@ -137,19 +200,24 @@ class SGDOptimizer(BaseOptimizer):
         super().__init__(params, learning_rate_init)
         self.momentum = momentum
         self.nesterov = nesterov
-        self.velocities = [np.zeros_like(param) for param in params]
+        self._velocity = self._zeros()
 
-    def _get_updates(self, grads):
-        updates = []
-        for velocity, grad in zip(self.velocities, grads):
-            velocity *= velocity.dtype.type(self.momentum)
-            velocity -= velocity.dtype.type(self.learning_rate) * grad
-            if self.nesterov:
-                updates.append(velocity.dtype.type(self.momentum) * velocity
-                               - velocity.dtype.type(self.learning_rate) * grad)
-            else:
-                updates.append(velocity)
-        return updates
+    @property
+    def velocities(self):
+        """list of ndarray: the momentum buffer of each parameter (views)."""
+        return self._per_param(self._velocity)
+
+    def _get_updates(self, grad):
+        cast = self._dtype.type
+        velocity = self._velocity
+        velocity *= cast(self.momentum)
+        grad *= cast(self.learning_rate)
+        velocity -= grad
+        if not self.nesterov:
+            return velocity
+        update = cast(self.momentum) * velocity
+        update -= grad
+        return update
 
 
 class AdamOptimizer(BaseOptimizer):
@@ -158,7 +226,8 @@ class AdamOptimizer(BaseOptimizer):
     Parameters
     ----------
     params : list of ndarray
-        Parameter arrays the optimizer will update (shapes and dtypes).
+        Parameter arrays the optimizer will update (shapes and one common
+        dtype).
     learning_rate_init : float, default=0.001
         Step size.
     beta_1 : float, default=0.9
@@ -185,21 +254,40 @@ class AdamOptimizer(BaseOptimizer):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.t = 0
-        self.ms = [np.zeros_like(param) for param in params]
-        self.vs = [np.zeros_like(param) for param in params]
+        self._m = self._zeros()
+        self._v = self._zeros()
 
-    def _get_updates(self, grads):
+    @property
+    def ms(self):
+        """list of ndarray: the first moment of each parameter (views)."""
+        return self._per_param(self._m)
+
+    @property
+    def vs(self):
+        """list of ndarray: the second moment of each parameter (views)."""
+        return self._per_param(self._v)
+
+    def _get_updates(self, grad):
         self.t += 1
         self.learning_rate = (self.learning_rate_init
                               * np.sqrt(1 - self.beta_2 ** self.t)
                               / (1 - self.beta_1 ** self.t))
-        updates = []
-        for m, v, grad in zip(self.ms, self.vs, grads):
-            cast = m.dtype.type
-            m *= cast(self.beta_1)
-            m += cast(1 - self.beta_1) * grad
-            v *= cast(self.beta_2)
-            v += cast(1 - self.beta_2) * (grad * grad)
-            updates.append(cast(-self.learning_rate) * m
-                           / (np.sqrt(v) + cast(self.epsilon)))
-        return updates
+        cast = self._dtype.type
+        m, v = self._m, self._v
+        kernel = _adam_kernel()
+        if kernel is not None:
+            kernel(grad, m, v, cast(self.beta_1), cast(1 - self.beta_1),
+                   cast(self.beta_2), cast(1 - self.beta_2),
+                   cast(-self.learning_rate), cast(self.epsilon))
+            return grad
+        m *= cast(self.beta_1)
+        m += cast(1 - self.beta_1) * grad
+        v *= cast(self.beta_2)
+        grad *= grad
+        grad *= cast(1 - self.beta_2)
+        v += grad
+        update = cast(-self.learning_rate) * m
+        denominator = np.sqrt(v)
+        denominator += cast(self.epsilon)
+        update /= denominator
+        return update

@@ -18,6 +18,7 @@ from sklearn.pipeline import make_pipeline
 
 import numgru
 import numgru.estimators as estimators_module
+import numgru._optim as optim_module
 from numgru._optim import AdamOptimizer, SGDOptimizer, clip_grad_norm
 from numgru.datasets import load_japanese_vowels
 from numgru.estimators import GRUClassifier, GRURegressor
@@ -448,6 +449,116 @@ def test_optimizers_and_clipping():
     # Adam's first step has size learning_rate in the direction of -sign(grad)
     np.testing.assert_allclose(params[0], 0.89, rtol=1e-5)
     np.testing.assert_allclose(params[1], 0.01 - 0.1, rtol=1e-4)
+
+
+def _adam_per_parameter(params, grads_per_step, lr=0.01, beta_1=0.9,
+                        beta_2=0.999, epsilon=1e-8):
+    """Adam written out one parameter array at a time (scikit-learn's form)."""
+    ms = [np.zeros_like(p) for p in params]
+    vs = [np.zeros_like(p) for p in params]
+    for t, grads in enumerate(grads_per_step, start=1):
+        rate = lr * np.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t)
+        for p, m, v, g in zip(params, ms, vs, grads):
+            cast = p.dtype.type
+            m *= cast(beta_1)
+            m += cast(1 - beta_1) * g
+            v *= cast(beta_2)
+            v += cast(1 - beta_2) * (g * g)
+            p += cast(-rate) * m / (np.sqrt(v) + cast(epsilon))
+    return ms, vs
+
+
+def _sgd_per_parameter(params, grads_per_step, lr, momentum, nesterov):
+    velocities = [np.zeros_like(p) for p in params]
+    for grads in grads_per_step:
+        for p, velocity, g in zip(params, velocities, grads):
+            cast = p.dtype.type
+            velocity *= cast(momentum)
+            velocity -= cast(lr) * g
+            if nesterov:
+                p += cast(momentum) * velocity - cast(lr) * g
+            else:
+                p += velocity
+    return velocities
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_optimizers_match_per_parameter_formulas_bitwise(dtype, compiled,
+                                                         monkeypatch):
+    # Adam runs as one compiled pass once the Numba kernels are loaded, else
+    # as numpy operations over the flat state: both must give these bits
+    if compiled:
+        pytest.importorskip("numba")
+        from numgru import _numba_kernels  # noqa: F401  (loads the kernel)
+        assert optim_module._adam_kernel() is not None
+    else:
+        monkeypatch.setattr(optim_module, "_adam_kernel", lambda: None)
+    rng = np.random.default_rng(0)
+    shapes = [(6, 3), (6, 2), (6,), (2, 2), (2,)]
+    start = [rng.standard_normal(shape).astype(dtype) for shape in shapes]
+    steps = [[(rng.standard_normal(shape) * 10.0 ** rng.integers(-6, 3, shape))
+              .astype(dtype) for shape in shapes] for _ in range(5)]
+    steps[2][0][0] = 0
+
+    want = [p.copy() for p in start]
+    want_ms, want_vs = _adam_per_parameter(want, steps)
+    got = [p.copy() for p in start]
+    adam = AdamOptimizer(got, learning_rate_init=0.01)
+    for grads in steps:
+        adam.update_params(got, [g.copy() for g in grads])
+    for pairs in (zip(got, want), zip(adam.ms, want_ms), zip(adam.vs, want_vs)):
+        for a, b in pairs:
+            assert a.shape == b.shape and a.tobytes() == b.tobytes()
+
+    for nesterov in (True, False):
+        want = [p.copy() for p in start]
+        want_velocities = _sgd_per_parameter(want, steps, 0.1, 0.9, nesterov)
+        got = [p.copy() for p in start]
+        sgd = SGDOptimizer(got, 0.1, 0.9, nesterov)
+        for grads in steps:
+            sgd.update_params(got, [g.copy() for g in grads])
+        for a, b in zip(got + sgd.velocities, want + want_velocities):
+            assert a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def test_optimizer_pickled_with_per_parameter_state_goes_on():
+    rng = np.random.default_rng(1)
+    shapes = [(3, 2), (4,)]
+    start = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
+    steps = [[rng.standard_normal(shape).astype(np.float32) for shape in shapes]
+             for _ in range(3)]
+    straight = [p.copy() for p in start]
+    adam = AdamOptimizer(straight, learning_rate_init=0.01)
+    for grads in steps:
+        adam.update_params(straight, grads)
+
+    resumed = [p.copy() for p in start]
+    first = AdamOptimizer(resumed, learning_rate_init=0.01)
+    first.update_params(resumed, steps[0])
+    # the state as optimizers that kept one array per parameter pickled it
+    listed = {name: value for name, value in vars(first).items()
+              if name not in ("_m", "_v", "_shapes", "_dtype")}
+    listed.update(ms=[m.copy() for m in first.ms], vs=[v.copy() for v in first.vs])
+    restored = AdamOptimizer.__new__(AdamOptimizer)
+    restored.__setstate__(listed)
+    for grads in steps[1:]:
+        restored.update_params(resumed, grads)
+    for a, b in zip(resumed, straight):
+        assert a.tobytes() == b.tobytes()
+    again = pickle.loads(pickle.dumps(restored))
+    assert [m.shape for m in again.ms] == shapes
+
+
+def test_optimizer_input_errors():
+    with pytest.raises(ValueError, match="share one dtype"):
+        AdamOptimizer([np.zeros(2, np.float32), np.zeros(2, np.float64)])
+    params = [np.zeros((2, 3)), np.zeros(3)]
+    sgd = SGDOptimizer(params)
+    with pytest.raises(ValueError, match="one gradient per parameter"):
+        sgd.update_params(params, [np.zeros((2, 3))])
+    with pytest.raises(ValueError, match=r"got one of shape \(3, 2\)"):
+        sgd.update_params(params, [np.zeros((3, 2)), np.zeros(3)])
 
 
 def test_verbose_lines():
