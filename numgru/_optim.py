@@ -1,9 +1,9 @@
 """Stochastic optimizers that update parameter arrays in place.
 
 Each optimizer is built from the list of parameter arrays it will update
-(for their shapes and dtypes) and, for every minibatch, receives that list
-again with the gradients in the same order. Updates are written into the
-parameter arrays themselves, so a model holding them, such as
+(for their shapes and common dtype) and, for every minibatch, receives that
+list again with the gradients in the same order. Updates are written into
+the parameter arrays themselves, so a model holding them, such as
 :class:`numgru.gru.GRU`, sees the new values without copying. The optimizer
 keeps no reference to the parameters (only its own state, in the
 parameters' dtype), so it pickles independently of the model.
