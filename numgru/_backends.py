@@ -6,6 +6,7 @@ the signatures documented in :mod:`numgru._reference`.
 
 import importlib
 import os
+import sys
 
 # OpenMP threads that spin while waiting take the cores from everything else
 # on a busy server: measured here under load, a 2-thread Cython train step ran
@@ -43,6 +44,18 @@ def _load(name):
         except ImportError as exc:
             _failures[name] = exc
     return _loaded.get(name)
+
+
+def loaded_numba_function(name):
+    """The Numba kernels' function ``name`` if that module is already
+    imported, else None.
+
+    For helpers with a compiled form and a numpy form of the same bits: they
+    use the compiled one once the Numba backend is in use, and never import
+    Numba themselves (other backends would pay its start-up).
+    """
+    module = sys.modules.get(_MODULES["numba"])
+    return None if module is None else getattr(module, name)
 
 
 def available_backends():

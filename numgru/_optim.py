@@ -10,9 +10,10 @@ parameters' dtype), so it pickles independently of the model.
 """
 
 import math
-import sys
 
 import numpy as np
+
+from ._backends import loaded_numba_function
 
 __all__ = ["AdamOptimizer", "SGDOptimizer", "clip_grad_norm"]
 
@@ -21,8 +22,7 @@ def _adam_kernel():
     """The compiled one-pass Adam step once the Numba backend is loaded, else
     None (other backends do not import Numba for it). Both give the same
     bits."""
-    module = sys.modules.get("numgru._numba_kernels")
-    return None if module is None else module.adam_step
+    return loaded_numba_function("adam_step")
 
 
 def clip_grad_norm(grads, max_norm):

@@ -1,9 +1,10 @@
 """Checks run on user input before any compiled kernel sees it."""
 
 import numbers
-import sys
 
 import numpy as np
+
+from ._backends import loaded_numba_function
 
 __all__ = [
     "check_float_array",
@@ -86,8 +87,7 @@ def all_finite(array):
 
 
 def _all_finite_kernel():
-    module = sys.modules.get("numgru._numba_kernels")
-    return None if module is None else module.all_finite
+    return loaded_numba_function("all_finite")
 
 
 def _convert_float_array(value, name, shape, dtype, allow_empty):
