@@ -25,7 +25,8 @@ How the kernels are organised:
   the following one), not the whole sequence.
 - Every matrix product is written as ``C[row, j] += A[row, k] * W[k, j]`` with
   ``k`` ascending and one fused multiply-add per term, on SIMD vectors along
-  ``j`` held in registers (tiles of 8 or 4 rows by 2 vectors). A value of
+  ``j`` held in registers (tiles of 8 rows by 2 vectors with AVX-512, of 4
+  rows with AVX2's fewer registers; see ``_WIDE_TILES``). A value of
   ``C`` therefore depends only on its own row of ``A``, never on the block
   size, the tiling, the thread count or the other samples in the batch:
   results are bitwise reproducible. No BLAS is called.
@@ -259,6 +260,11 @@ def _vector_bytes():
 
 
 _VECTOR_BYTES = _vector_bytes()
+# Register tiles of the matrix products: 8 rows by 2 vectors take 16
+# accumulators, which fit AVX-512's 32 registers; AVX2 has 16, and there
+# the same tiles spilled to memory (measured on a Zen 3, AVX2: the forward
+# 1.4x to 1.6x slower than with tiles of 4 rows; 6 rows were as slow as 8).
+_WIDE_TILES = _VECTOR_BYTES >= 64
 
 
 class _Vector(types.Type):
@@ -612,7 +618,7 @@ def _panel2(A, ia, ka, W, kw, kn, wn, C, ic, cn, na, S, iS):
     # (S, iS = C, ic adds to C; a bias row as S starts from the bias)
     L = _lanes(C)
     a = 0
-    while a + 8 <= na:
+    while _WIDE_TILES and a + 8 <= na:
         r0 = ia[a + 0]
         r1 = ia[a + 1]
         r2 = ia[a + 2]
@@ -1133,6 +1139,44 @@ def _outer_packed8(Ap, a0, Xp, rn, D, j, dk):
 
 
 @njit(**_JIT)
+def _outer_packed4(Ap, a0, Xp, rn, D, j, dk):
+    # _outer_packed8 for 4 outputs: the tile for AVX2 (see _WIDE_TILES)
+    # D[j+jj, dk:dk+2L] += sum_r Ap[r, a0+jj] * Xp[r, :], jj < 4
+    L = _lanes(D)
+    x00 = _vload(D, j + 0, dk)
+    x01 = _vload(D, j + 0, dk + L)
+    x10 = _vload(D, j + 1, dk)
+    x11 = _vload(D, j + 1, dk + L)
+    x20 = _vload(D, j + 2, dk)
+    x21 = _vload(D, j + 2, dk + L)
+    x30 = _vload(D, j + 3, dk)
+    x31 = _vload(D, j + 3, dk + L)
+    for r in range(rn):
+        u0 = _vload(Xp, r, 0)
+        u1 = _vload(Xp, r, L)
+        s = Ap[r, a0 + 0]
+        x00 = _vfma(s, u0, x00)
+        x01 = _vfma(s, u1, x01)
+        s = Ap[r, a0 + 1]
+        x10 = _vfma(s, u0, x10)
+        x11 = _vfma(s, u1, x11)
+        s = Ap[r, a0 + 2]
+        x20 = _vfma(s, u0, x20)
+        x21 = _vfma(s, u1, x21)
+        s = Ap[r, a0 + 3]
+        x30 = _vfma(s, u0, x30)
+        x31 = _vfma(s, u1, x31)
+    _vstore(D, j + 0, dk, x00)
+    _vstore(D, j + 0, dk + L, x01)
+    _vstore(D, j + 1, dk, x10)
+    _vstore(D, j + 1, dk + L, x11)
+    _vstore(D, j + 2, dk, x20)
+    _vstore(D, j + 2, dk + L, x21)
+    _vstore(D, j + 3, dk, x30)
+    _vstore(D, j + 3, dk + L, x31)
+
+
+@njit(**_JIT)
 def _outer_row(A, c, X, xk0, nv, ra, rx, r_lo, r_hi, D, j, dk0):
     # one output row, nv a multiple of L = _lanes(D):
     # D[j, dk0+i] += sum_r A[ra[r], c] * X[rx[r], xk0+i] for i < nv,
@@ -1276,7 +1320,14 @@ def _outer_acc(A, acol, X, xk0, nk, ra, rx, nrows, D, j0, j1, dk0, db):
             for a0 in range(0, width, 8):
                 i = 0
                 for pair in range(n_pair):
-                    _outer_packed8(Ap, a0, Xp[pair], rn, D, j + a0, dk0 + i)
+                    if _WIDE_TILES:
+                        _outer_packed8(Ap, a0, Xp[pair], rn, D, j + a0,
+                                       dk0 + i)
+                    else:
+                        _outer_packed4(Ap, a0, Xp[pair], rn, D, j + a0,
+                                       dk0 + i)
+                        _outer_packed4(Ap, a0 + 4, Xp[pair], rn, D,
+                                       j + a0 + 4, dk0 + i)
                     i += 2 * L
                 if i < nv:
                     for jj in range(0, 8, 4):
@@ -1434,12 +1485,12 @@ def _outer_t(X, rx, nm, A, ra, ac, nj, n_rows, DT, dj0):
     # its value in DT.
     L = _lanes(DT)
     j = 0
-    while j + 2 * L <= nj:
+    while _WIDE_TILES and j + 2 * L <= nj:
         for m in range(0, nm, 8):
             _outer_t8(X, rx, m, min(8, nm - m), A, ra, ac + j, 0, n_rows, DT,
                       m, dj0 + j, True)
         j += 2 * L
-    if j + L <= nj:
+    while j + L <= nj:
         for m in range(0, nm, 8):
             _outer_t8(X, rx, m, min(8, nm - m), A, ra, ac + j, 0, n_rows, DT,
                       m, dj0 + j, False)
