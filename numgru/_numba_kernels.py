@@ -25,8 +25,8 @@ How the kernels are organised:
   the following one), not the whole sequence.
 - Every matrix product is written as ``C[row, j] += A[row, k] * W[k, j]`` with
   ``k`` ascending and one fused multiply-add per term, on SIMD vectors along
-  ``j`` held in registers (tiles of 8 rows by 2 vectors with AVX-512, of 4
-  rows with AVX2's fewer registers; see ``_WIDE_TILES``). A value of
+  ``j`` held in registers (tiles of 8 rows by 2 vectors with AVX-512, of 5
+  or 4 rows with AVX2's fewer registers; see ``_WIDE_TILES``). A value of
   ``C`` therefore depends only on its own row of ``A``, never on the block
   size, the tiling, the thread count or the other samples in the batch:
   results are bitwise reproducible. No BLAS is called.
@@ -262,8 +262,11 @@ def _vector_bytes():
 _VECTOR_BYTES = _vector_bytes()
 # Register tiles of the matrix products: 8 rows by 2 vectors take 16
 # accumulators, which fit AVX-512's 32 registers; AVX2 has 16, and there
-# the same tiles spilled to memory (measured on a Zen 3, AVX2: the forward
-# 1.4x to 1.6x slower than with tiles of 4 rows; 6 rows were as slow as 8).
+# the same tiles spilled to memory. Measured on a Zen 3 (AVX2), one thread,
+# the recurrent product of a 16-sample block (16 x 128 by 128 x 384): 31
+# GFLOP/s with tiles of 8 rows, 49 with 6, 63 with 4, 72 with 5 (ten
+# accumulators: enough independent chains to keep both FMA units busy,
+# few enough that LLVM spills none). So AVX2 takes tiles of 5 rows, then 4.
 _WIDE_TILES = _VECTOR_BYTES >= 64
 
 
@@ -695,6 +698,56 @@ def _panel2(A, ia, ka, W, kw, kn, wn, C, ic, cn, na, S, iS):
         _vstore(C, q7, cn, x70)
         _vstore(C, q7, cn + L, x71)
         a += 8
+    while not _WIDE_TILES and a + 5 <= na:
+        r0 = ia[a + 0]
+        r1 = ia[a + 1]
+        r2 = ia[a + 2]
+        r3 = ia[a + 3]
+        r4 = ia[a + 4]
+        q0 = ic[a + 0]
+        q1 = ic[a + 1]
+        q2 = ic[a + 2]
+        q3 = ic[a + 3]
+        q4 = ic[a + 4]
+        x00 = _vload(S, iS[a + 0], cn)
+        x01 = _vload(S, iS[a + 0], cn + L)
+        x10 = _vload(S, iS[a + 1], cn)
+        x11 = _vload(S, iS[a + 1], cn + L)
+        x20 = _vload(S, iS[a + 2], cn)
+        x21 = _vload(S, iS[a + 2], cn + L)
+        x30 = _vload(S, iS[a + 3], cn)
+        x31 = _vload(S, iS[a + 3], cn + L)
+        x40 = _vload(S, iS[a + 4], cn)
+        x41 = _vload(S, iS[a + 4], cn + L)
+        for k in range(kn):
+            b0 = _vload(W, kw + k, wn)
+            b1 = _vload(W, kw + k, wn + L)
+            s = A[r0, ka + k]
+            x00 = _vfma(s, b0, x00)
+            x01 = _vfma(s, b1, x01)
+            s = A[r1, ka + k]
+            x10 = _vfma(s, b0, x10)
+            x11 = _vfma(s, b1, x11)
+            s = A[r2, ka + k]
+            x20 = _vfma(s, b0, x20)
+            x21 = _vfma(s, b1, x21)
+            s = A[r3, ka + k]
+            x30 = _vfma(s, b0, x30)
+            x31 = _vfma(s, b1, x31)
+            s = A[r4, ka + k]
+            x40 = _vfma(s, b0, x40)
+            x41 = _vfma(s, b1, x41)
+        _vstore(C, q0, cn, x00)
+        _vstore(C, q0, cn + L, x01)
+        _vstore(C, q1, cn, x10)
+        _vstore(C, q1, cn + L, x11)
+        _vstore(C, q2, cn, x20)
+        _vstore(C, q2, cn + L, x21)
+        _vstore(C, q3, cn, x30)
+        _vstore(C, q3, cn + L, x31)
+        _vstore(C, q4, cn, x40)
+        _vstore(C, q4, cn + L, x41)
+        a += 5
     while a + 4 <= na:
         r0 = ia[a]
         r1 = ia[a + 1]
