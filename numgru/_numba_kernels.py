@@ -608,8 +608,9 @@ def _take_task(typingctx, counter):
 _KC = 256   # summation indices per pass over a panel of W
 _RC = 128   # rows per pass in the weight-gradient products (a pass's
             # packed rows then stay in the L1 cache: 1.08x faster than 256)
-_AP = 16    # outputs per packed group of A's columns in the weight-gradient
-            # products (whole vectors: copied a vector at a time)
+_AP = 16 if _WIDE_TILES else 40   # outputs per packed group of A's
+            # columns in the weight-gradient products (whole vectors: copied
+            # a vector at a time); with AVX2, eight tiles of 5 outputs
 
 
 @njit(**_JIT)
@@ -1230,6 +1231,51 @@ def _outer_packed4(Ap, a0, Xp, rn, D, j, dk):
 
 
 @njit(**_JIT)
+def _outer_packed5(Ap, a0, Xp, rn, D, j, dk):
+    # _outer_packed8 for 5 outputs: the tile for AVX2 (see _WIDE_TILES)
+    # D[j+jj, dk:dk+2L] += sum_r Ap[r, a0+jj] * Xp[r, :], jj < 5
+    L = _lanes(D)
+    x00 = _vload(D, j + 0, dk)
+    x01 = _vload(D, j + 0, dk + L)
+    x10 = _vload(D, j + 1, dk)
+    x11 = _vload(D, j + 1, dk + L)
+    x20 = _vload(D, j + 2, dk)
+    x21 = _vload(D, j + 2, dk + L)
+    x30 = _vload(D, j + 3, dk)
+    x31 = _vload(D, j + 3, dk + L)
+    x40 = _vload(D, j + 4, dk)
+    x41 = _vload(D, j + 4, dk + L)
+    for r in range(rn):
+        u0 = _vload(Xp, r, 0)
+        u1 = _vload(Xp, r, L)
+        s = Ap[r, a0 + 0]
+        x00 = _vfma(s, u0, x00)
+        x01 = _vfma(s, u1, x01)
+        s = Ap[r, a0 + 1]
+        x10 = _vfma(s, u0, x10)
+        x11 = _vfma(s, u1, x11)
+        s = Ap[r, a0 + 2]
+        x20 = _vfma(s, u0, x20)
+        x21 = _vfma(s, u1, x21)
+        s = Ap[r, a0 + 3]
+        x30 = _vfma(s, u0, x30)
+        x31 = _vfma(s, u1, x31)
+        s = Ap[r, a0 + 4]
+        x40 = _vfma(s, u0, x40)
+        x41 = _vfma(s, u1, x41)
+    _vstore(D, j + 0, dk, x00)
+    _vstore(D, j + 0, dk + L, x01)
+    _vstore(D, j + 1, dk, x10)
+    _vstore(D, j + 1, dk + L, x11)
+    _vstore(D, j + 2, dk, x20)
+    _vstore(D, j + 2, dk + L, x21)
+    _vstore(D, j + 3, dk, x30)
+    _vstore(D, j + 3, dk + L, x31)
+    _vstore(D, j + 4, dk, x40)
+    _vstore(D, j + 4, dk + L, x41)
+
+
+@njit(**_JIT)
 def _outer_row(A, c, X, xk0, nv, ra, rx, r_lo, r_hi, D, j, dk0):
     # one output row, nv a multiple of L = _lanes(D):
     # D[j, dk0+i] += sum_r A[ra[r], c] * X[rx[r], xk0+i] for i < nv,
@@ -1370,6 +1416,20 @@ def _outer_acc(A, acol, X, xk0, nk, ra, rx, nrows, D, j0, j1, dk0, db):
                     qa = ra[r_lo + r]
                     for jj in range(8):
                         Ap[r, jj] = A[qa, c + jj]
+            if width == _AP and not _WIDE_TILES:
+                for a0 in range(0, _AP, 5):
+                    i = 0
+                    for pair in range(n_pair):
+                        _outer_packed5(Ap, a0, Xp[pair], rn, D, j + a0,
+                                       dk0 + i)
+                        i += 2 * L
+                    if i < nv:
+                        _outer_panel(A, c + a0, X, xk0 + i, ra, rx, r_lo,
+                                     r_hi, D, j + a0, dk0 + i, False)
+                        _outer_row(A, c + a0 + 4, X, xk0 + i, nv - i, ra, rx,
+                                   r_lo, r_hi, D, j + a0 + 4, dk0 + i)
+                j += width
+                continue
             for a0 in range(0, width, 8):
                 i = 0
                 for pair in range(n_pair):
