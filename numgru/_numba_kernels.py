@@ -608,9 +608,9 @@ def _take_task(typingctx, counter):
 _KC = 256   # summation indices per pass over a panel of W
 _RC = 128   # rows per pass in the weight-gradient products (a pass's
             # packed rows then stay in the L1 cache: 1.08x faster than 256)
-_AP = 16 if _WIDE_TILES else 40   # outputs per packed group of A's
-            # columns in the weight-gradient products (whole vectors: copied
-            # a vector at a time); with AVX2, eight tiles of 5 outputs
+# outputs per packed group of A's columns in the weight-gradient products
+# (whole vectors: copied a vector at a time); with AVX2, eight tiles of 5
+_AP = 16 if _WIDE_TILES else 40
 
 
 @njit(**_JIT)

@@ -1,6 +1,9 @@
 """The Numba kernels against the numpy reference, and their determinism."""
 
 import itertools
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -429,3 +432,61 @@ def test_serial_and_parallel_paths_agree(B, monkeypatch):
     ser = run(nk, p, True, True, n_threads=2)
     for name in par:
         assert np.array_equal(par[name], ser[name]), name
+
+
+# the problems of test_other_register_tiles_give_the_same_bits: rows that
+# leave 5-, 4- and 1-row tiles, columns past the last vector pair, a
+# weight-gradient group of 40 outputs with a vector left over (I = 20), and
+# inputs narrow enough for the gate-axis input-weight gradient (I = 3)
+_TILE_PROBLEMS = [(13, 6, 20, 42), (7, 5, 3, 16)]
+
+_OTHER_TILES_SCRIPT = """
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from numgru import _numba_kernels as nk
+from kernel_runs import backward_layer, forward_layer
+problems = np.load(sys.argv[2])
+results = {}
+for k in range(int(problems["count"])):
+    p = {name[len(f"{k}_"):]: problems[name] for name in problems.files
+         if name.startswith(f"{k}_")}
+    for reset_after in (True, False):
+        fwd = forward_layer(nk, p, False, reset_after)
+        grads = backward_layer(nk, p, fwd, False, reset_after)
+        for name, value in {**fwd, **grads}.items():
+            results[f"{k}_{reset_after}_{name}"] = value
+np.savez(sys.argv[3], wide=nk._WIDE_TILES, vector_bytes=nk._VECTOR_BYTES,
+         **results)
+"""
+
+
+def test_other_register_tiles_give_the_same_bits(tmp_path):
+    # the kernels compiled for a CPU without AVX (16-byte vectors, and the
+    # 5- and 4-row tiles AVX2 uses) give this build's bits: the register
+    # tiles never change a result. Runs in a fresh process with its own
+    # Numba cache, since the vector width is fixed at import.
+    problems = {"count": len(_TILE_PROBLEMS)}
+    for k, shape in enumerate(_TILE_PROBLEMS):
+        for name, value in make_problem(*shape, np.float32, varied=True,
+                                        seed=k).items():
+            problems[f"{k}_{name}"] = value
+    np.savez(tmp_path / "problems.npz", **problems)
+    env = dict(os.environ, NUMBA_CPU_NAME="generic",
+               NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    subprocess.run([sys.executable, "-c", _OTHER_TILES_SCRIPT, tests_dir,
+                    str(tmp_path / "problems.npz"),
+                    str(tmp_path / "results.npz")],
+                   env=env, check=True, timeout=900)
+    other = np.load(tmp_path / "results.npz")
+    assert not other["wide"] and int(other["vector_bytes"]) == 16
+    for k, shape in enumerate(_TILE_PROBLEMS):
+        p = make_problem(*shape, np.float32, varied=True, seed=k)
+        for reset_after in (True, False):
+            fwd = forward_layer(nk, p, False, reset_after)
+            grads = backward_layer(nk, p, fwd, False, reset_after)
+            for name, value in {**fwd, **grads}.items():
+                assert np.array_equal(
+                    other[f"{k}_{reset_after}_{name}"], value,
+                    equal_nan=True), (shape, reset_after, name)
