@@ -1416,24 +1416,16 @@ def _outer_acc(A, acol, X, xk0, nk, ra, rx, nrows, D, j0, j1, dk0, db):
                     qa = ra[r_lo + r]
                     for jj in range(8):
                         Ap[r, jj] = A[qa, c + jj]
-            if width == _AP and not _WIDE_TILES:
-                for a0 in range(0, _AP, 5):
-                    i = 0
-                    for pair in range(n_pair):
-                        _outer_packed5(Ap, a0, Xp[pair], rn, D, j + a0,
-                                       dk0 + i)
-                        i += 2 * L
-                    if i < nv:
-                        _outer_panel(A, c + a0, X, xk0 + i, ra, rx, r_lo,
-                                     r_hi, D, j + a0, dk0 + i, False)
-                        _outer_row(A, c + a0 + 4, X, xk0 + i, nv - i, ra, rx,
-                                   r_lo, r_hi, D, j + a0 + 4, dk0 + i)
-                j += width
-                continue
-            for a0 in range(0, width, 8):
+            # outputs per tile: 8 (two tiles of 4 with AVX2), or 5 in the
+            # AVX2 groups of _AP (see _WIDE_TILES)
+            tile = 5 if width == _AP and not _WIDE_TILES else 8
+            for a0 in range(0, width, tile):
                 i = 0
                 for pair in range(n_pair):
-                    if _WIDE_TILES:
+                    if tile == 5:
+                        _outer_packed5(Ap, a0, Xp[pair], rn, D, j + a0,
+                                       dk0 + i)
+                    elif _WIDE_TILES:
                         _outer_packed8(Ap, a0, Xp[pair], rn, D, j + a0,
                                        dk0 + i)
                     else:
@@ -1443,9 +1435,15 @@ def _outer_acc(A, acol, X, xk0, nk, ra, rx, nrows, D, j0, j1, dk0, db):
                                        j + a0 + 4, dk0 + i)
                     i += 2 * L
                 if i < nv:
-                    for jj in range(0, 8, 4):
+                    # the last vector of columns: 4 outputs at a time, then
+                    # one at a time
+                    n4 = tile - tile % 4
+                    for jj in range(0, n4, 4):
                         _outer_panel(A, c + a0 + jj, X, xk0 + i, ra, rx, r_lo,
                                      r_hi, D, j + a0 + jj, dk0 + i, False)
+                    for jj in range(n4, tile):
+                        _outer_row(A, c + a0 + jj, X, xk0 + i, nv - i, ra, rx,
+                                   r_lo, r_hi, D, j + a0 + jj, dk0 + i)
             j += width
         while j + 4 <= j1:
             c = acol + j - j0

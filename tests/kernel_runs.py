@@ -40,3 +40,16 @@ def backward_layer(mod, p, fwd, reverse, reset_after, n_threads=1,
                        grads["d_w_ih"], grads["d_w_hh"], grads["d_b_ih"],
                        grads["d_b_hh"], n_threads=n_threads)
     return grads
+
+
+def both_forms(mod, p):
+    """Forward (gates kept) and backward of ``mod`` on ``p`` in the
+    reset-after and reset-before forms, one direction: {"<reset_after>_<name>":
+    array}."""
+    results = {}
+    for reset_after in (True, False):
+        fwd = forward_layer(mod, p, False, reset_after)
+        grads = backward_layer(mod, p, fwd, False, reset_after)
+        for name, value in {**fwd, **grads}.items():
+            results[f"{reset_after}_{name}"] = value
+    return results

@@ -14,7 +14,7 @@ numba = pytest.importorskip("numba")
 from numgru import _reference as ref  # noqa: E402
 from numgru import _numba_kernels as nk  # noqa: E402
 from numgru._chunks import chunk_steps, step_chunks  # noqa: E402
-from kernel_runs import backward_layer, forward_layer  # noqa: E402
+from kernel_runs import backward_layer, both_forms, forward_layer  # noqa: E402
 
 
 def make_problem(B, T, I, H, dtype, varied, seed=0):
@@ -445,17 +445,14 @@ import sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 from numgru import _numba_kernels as nk
-from kernel_runs import backward_layer, forward_layer
+from kernel_runs import both_forms
 problems = np.load(sys.argv[2])
 results = {}
 for k in range(int(problems["count"])):
     p = {name[len(f"{k}_"):]: problems[name] for name in problems.files
          if name.startswith(f"{k}_")}
-    for reset_after in (True, False):
-        fwd = forward_layer(nk, p, False, reset_after)
-        grads = backward_layer(nk, p, fwd, False, reset_after)
-        for name, value in {**fwd, **grads}.items():
-            results[f"{k}_{reset_after}_{name}"] = value
+    for name, value in both_forms(nk, p).items():
+        results[f"{k}_{name}"] = value
 np.savez(sys.argv[3], wide=nk._WIDE_TILES, vector_bytes=nk._VECTOR_BYTES,
          **results)
 """
@@ -483,10 +480,6 @@ def test_other_register_tiles_give_the_same_bits(tmp_path):
     assert not other["wide"] and int(other["vector_bytes"]) == 16
     for k, shape in enumerate(_TILE_PROBLEMS):
         p = make_problem(*shape, np.float32, varied=True, seed=k)
-        for reset_after in (True, False):
-            fwd = forward_layer(nk, p, False, reset_after)
-            grads = backward_layer(nk, p, fwd, False, reset_after)
-            for name, value in {**fwd, **grads}.items():
-                assert np.array_equal(
-                    other[f"{k}_{reset_after}_{name}"], value,
-                    equal_nan=True), (shape, reset_after, name)
+        for name, value in both_forms(nk, p).items():
+            assert np.array_equal(other[f"{k}_{name}"], value,
+                                  equal_nan=True), (shape, name)
