@@ -1015,11 +1015,6 @@ def _pack_into(w, packed):
                 P[k, j] = 0
 
 
-_MAX_TILE = 256   # widest tile of the backward's packed weights, a multiple
-                  # of every vector width; measured: 256-wide tiles beat 64
-                  # and 128 there
-
-
 @njit(**_JIT)
 def _tile_width(n, lanes, max_width):
     # columns per packed tile for n columns: whole vectors, at most max_width
@@ -1059,15 +1054,28 @@ def _pack_transposed(w, r0, n, max_width):
 
 
 @njit(**_JIT)
+def _panel_width(w):
+    # columns per tile of the packed weights of the forward's and backward's
+    # products: two vectors, one _panel2 each, so that a panel's weights are
+    # one contiguous block. In wider tiles a panel's rows lie a tile's width
+    # apart, and at widths of 1 KB they all fall in a few sets of the L1
+    # cache and evict each other between the register tiles of rows. On an
+    # AVX-512 machine, 2 threads, float32: forward 1.11x faster than with
+    # 256-wide tiles at (B, T, I, H) = (128, 100, 128, 512), 1.05x at
+    # (64, 100, 32, 128), 1.07x at (32, 20, 50, 128). On an AVX2 machine,
+    # backward 1.24x faster at (128, 100, 128, 512), 1.06x at
+    # (64, 100, 32, 128), 1.05x at (32, 20, 50, 128), no change at the
+    # smaller shapes.
+    return 2 * _lanes(w)
+
+
+@njit(**_JIT)
 def _pack_forward(w_ih, w_hh):
     # w_ih (3H, I), w_hh (3H, H) row-contiguous   returns W_ih^T,
     # W_hh^T[:, :2H] and W_hh^T[:, 2H:] packed for _gemm_acc (see _pack)
-    # in tiles of two vectors, one _panel2 each: a panel's weights are then
-    # one contiguous block. Measured against 256-wide tiles, 2 threads,
-    # float32: forward 1.11x faster at (B, T, I, H) = (128, 100, 128, 512),
-    # 1.05x at (64, 100, 32, 128), 1.07x at (32, 20, 50, 128).
+    # in tiles of _panel_width columns
     H = w_hh.shape[1]
-    width = 2 * _lanes(w_hh)
+    width = _panel_width(w_hh)
     return (_pack_transposed(w_ih, 0, 3 * H, width),
             _pack_transposed(w_hh, 0, 2 * H, width),
             _pack_transposed(w_hh, 2 * H, H, width))
@@ -2251,8 +2259,10 @@ def _backward_kernel(w_ih, w_hh, h0, lengths, T, reverse, reset_after, out2,
     dh, dh_new, d_rh, chunks, d_w_ih_k = _backward_setup(
         w_ih, lengths, TC, d_h_last, d_w_ih, narrow)
     n_packs = min(n_workers, n_blocks)
-    w_ih_ps = _aligned_empty((n_packs,) + _packed_shape(w_ih, _MAX_TILE), w_ih)
-    w_hh_ps = _aligned_empty((n_packs,) + _packed_shape(w_hh, _MAX_TILE), w_hh)
+    w_ih_ps = _aligned_empty(
+        (n_packs,) + _packed_shape(w_ih, _panel_width(w_ih)), w_ih)
+    w_hh_ps = _aligned_empty(
+        (n_packs,) + _packed_shape(w_hh, _panel_width(w_hh)), w_hh)
     n_chunks = chunks.shape[0]
     next_block = np.empty(1, np.int64)
     next_tile = np.empty(1, np.int64)
@@ -2317,8 +2327,8 @@ def _backward_kernel_serial(w_ih, w_hh, h0, lengths, T, reverse, reset_after,
     B, H = h0.shape
     n_blocks = (B + block - 1) // block
     TC = dgi_c.shape[0] // B
-    w_ih_p = _pack(w_ih, _MAX_TILE)
-    w_hh_p = _pack(w_hh, _MAX_TILE)
+    w_ih_p = _pack(w_ih, _panel_width(w_ih))
+    w_hh_p = _pack(w_hh, _panel_width(w_hh))
     dh, dh_new, d_rh, chunks, d_w_ih_k = _backward_setup(
         w_ih, lengths, TC, d_h_last, d_w_ih, narrow)
     for k in range(chunks.shape[0]):

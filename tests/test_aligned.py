@@ -29,7 +29,7 @@ def test_numba_packed_weights_aligned():
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
         w = rng.standard_normal((45, 19)).astype(dtype)
-        for packed in (nk._pack(w, nk._MAX_TILE),
+        for packed in (nk._pack(w, nk._panel_width(w)),
                        nk._pack_transposed(w, 3, 40, 32),
                        nk._aligned_empty((3, 5, 7), w)):
             assert address(packed) % ALIGNMENT == 0

@@ -140,17 +140,22 @@ def _fma_chain_rows(A, ia, ak0, W, wk0, n_sum, C, ic, cj0):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_rows, n_sum, n_cols", [
     (29, 300, 50), (13, 40, 48), (8, 7, 17), (5, 9, 1), (12, 260, 33)])
-def test_recurrent_product_is_one_fma_chain(dtype, n_rows, n_sum, n_cols):
+@pytest.mark.parametrize("tiles", ["panels", "wide"])
+def test_recurrent_product_is_one_fma_chain(dtype, n_rows, n_sum, n_cols,
+                                            tiles):
     # the products of the recurrence and of the input gradient, with column
-    # counts that leave 2, 1 or less than 1 vector for the last tiles
+    # counts that leave 2, 1 or less than 1 vector for the last tiles; the
+    # weights packed as the kernels pack them (tiles of one panel) and in
+    # tiles of several panels
     rng = np.random.default_rng(n_rows + n_cols)
     A = rng.standard_normal((n_rows + 3, n_sum + 2)).astype(dtype)
     W = rng.standard_normal((n_sum + 1, n_cols)).astype(dtype)
+    max_width = nk._panel_width(W) if tiles == "panels" else 256
     C0 = rng.standard_normal((n_rows + 5, n_cols + 2)).astype(dtype)
     ia = rng.permutation(n_rows + 3)[:n_rows].astype(np.int64)
     ic = rng.permutation(n_rows + 5)[:n_rows].astype(np.int64)
     C = C0.copy()
-    nk._gemm_acc(A, ia, 2, nk._pack(W, nk._MAX_TILE), 1, n_sum, n_cols, C,
+    nk._gemm_acc(A, ia, 2, nk._pack(W, max_width), 1, n_sum, n_cols, C,
                  ic, 1, n_rows)
     C_chain = C0.copy()
     _fma_chain_rows(A, ia, 2, W, 1, n_sum, C_chain, ic, 1)
@@ -162,20 +167,23 @@ def test_recurrent_product_is_one_fma_chain(dtype, n_rows, n_sum, n_cols):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_rows, n_sum, n_cols", [
     (29, 300, 50), (13, 40, 48), (8, 7, 17), (5, 9, 1)])
+@pytest.mark.parametrize("tiles", ["panels", "wide"])
 def test_product_from_a_bias_row_is_one_fma_chain(dtype, n_rows, n_sum,
-                                                  n_cols):
+                                                  n_cols, tiles):
     # the forward's products start each sum from the bias row instead of
     # from C: the same chain as writing the bias to C first, also past the
-    # first pass of _KC terms (n_sum = 300) and in the last partial tile
+    # first pass of _KC terms (n_sum = 300) and in the last partial tile;
+    # packed as in test_recurrent_product_is_one_fma_chain
     rng = np.random.default_rng(n_rows + n_cols + 1)
     A = rng.standard_normal((n_rows + 3, n_sum + 2)).astype(dtype)
     W = rng.standard_normal((n_sum + 1, n_cols)).astype(dtype)
+    max_width = nk._panel_width(W) if tiles == "panels" else 256
     bias = rng.standard_normal((1, n_cols + 2)).astype(dtype)
     C0 = rng.standard_normal((n_rows + 5, n_cols + 2)).astype(dtype)
     ia = rng.permutation(n_rows + 3)[:n_rows].astype(np.int64)
     ic = rng.permutation(n_rows + 5)[:n_rows].astype(np.int64)
     C = C0.copy()
-    nk._gemm_from(A, ia, 2, nk._pack(W, nk._MAX_TILE), 1, n_sum, n_cols, C,
+    nk._gemm_from(A, ia, 2, nk._pack(W, max_width), 1, n_sum, n_cols, C,
                   ic, 1, n_rows, bias, np.zeros(n_rows, np.int64))
     C_chain = C0.copy()
     C_chain[ic, 1:n_cols + 1] = bias[0, 1:n_cols + 1]
@@ -194,7 +202,7 @@ def test_pack_tiles_the_columns(dtype, n_cols):
     rng = np.random.default_rng(n_cols)
     w = rng.standard_normal((11, n_cols)).astype(dtype)
     lanes = nk._VECTOR_BYTES // np.dtype(dtype).itemsize
-    for max_width in (2 * lanes, nk._MAX_TILE):
+    for max_width in (2 * lanes, 256):
         width = min(max_width, -(-n_cols // lanes) * lanes)
         want = np.zeros((-(-n_cols // width), 11, width), dtype)
         for tile in range(want.shape[0]):
@@ -215,7 +223,7 @@ def test_transposed_pack_matches_the_packed_transpose(dtype, n_rows, n_cols):
     w = rng.standard_normal((n_rows + 7, n_cols)).astype(dtype)
     lanes = nk._VECTOR_BYTES // np.dtype(dtype).itemsize
     for r0, n in ((0, n_rows), (3, n_rows), (7, n_rows // 3 + 1)):
-        for width in (2 * lanes, nk._MAX_TILE):
+        for width in (2 * lanes, 256):
             want = nk._pack(np.ascontiguousarray(w[r0:r0 + n].T), width)
             got = nk._pack_transposed(w, r0, n, width)
             assert got.shape == want.shape
