@@ -317,6 +317,21 @@ def _vector_pointer(context, builder, aryty, ary, indices, vecty):
 
 
 @intrinsic
+def _sload(typingctx, a, i, j):
+    """a[i, j] of a 2-D float array, for indices in bounds and not negative:
+    without the code for negative indices that Numba adds to a[i, j]."""
+    if not (_is_float_matrix(a) and isinstance(i, types.Integer)
+            and isinstance(j, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = _item_pointer(context, builder, a, args[0],
+                            [(args[1], i), (args[2], j)])
+        return builder.load(ptr)
+    return a.dtype(a, i, j), codegen
+
+
+@intrinsic
 def _vload(typingctx, a, i, j):
     """The vector a[i, j:j + lanes] (a row-contiguous 2-D float array)."""
     if not (_is_float_matrix(a) and isinstance(i, types.Integer)
@@ -658,28 +673,28 @@ def _panel2(A, ia, ka, W, kw, kn, wn, C, ic, cn, na, S, iS):
         for k in range(kn):
             b0 = _vload(W, kw + k, wn)
             b1 = _vload(W, kw + k, wn + L)
-            s = A[r0, ka + k]
+            s = _sload(A, r0, ka + k)
             x00 = _vfma(s, b0, x00)
             x01 = _vfma(s, b1, x01)
-            s = A[r1, ka + k]
+            s = _sload(A, r1, ka + k)
             x10 = _vfma(s, b0, x10)
             x11 = _vfma(s, b1, x11)
-            s = A[r2, ka + k]
+            s = _sload(A, r2, ka + k)
             x20 = _vfma(s, b0, x20)
             x21 = _vfma(s, b1, x21)
-            s = A[r3, ka + k]
+            s = _sload(A, r3, ka + k)
             x30 = _vfma(s, b0, x30)
             x31 = _vfma(s, b1, x31)
-            s = A[r4, ka + k]
+            s = _sload(A, r4, ka + k)
             x40 = _vfma(s, b0, x40)
             x41 = _vfma(s, b1, x41)
-            s = A[r5, ka + k]
+            s = _sload(A, r5, ka + k)
             x50 = _vfma(s, b0, x50)
             x51 = _vfma(s, b1, x51)
-            s = A[r6, ka + k]
+            s = _sload(A, r6, ka + k)
             x60 = _vfma(s, b0, x60)
             x61 = _vfma(s, b1, x61)
-            s = A[r7, ka + k]
+            s = _sload(A, r7, ka + k)
             x70 = _vfma(s, b0, x70)
             x71 = _vfma(s, b1, x71)
         _vstore(C, q0, cn, x00)
@@ -723,19 +738,19 @@ def _panel2(A, ia, ka, W, kw, kn, wn, C, ic, cn, na, S, iS):
         for k in range(kn):
             b0 = _vload(W, kw + k, wn)
             b1 = _vload(W, kw + k, wn + L)
-            s = A[r0, ka + k]
+            s = _sload(A, r0, ka + k)
             x00 = _vfma(s, b0, x00)
             x01 = _vfma(s, b1, x01)
-            s = A[r1, ka + k]
+            s = _sload(A, r1, ka + k)
             x10 = _vfma(s, b0, x10)
             x11 = _vfma(s, b1, x11)
-            s = A[r2, ka + k]
+            s = _sload(A, r2, ka + k)
             x20 = _vfma(s, b0, x20)
             x21 = _vfma(s, b1, x21)
-            s = A[r3, ka + k]
+            s = _sload(A, r3, ka + k)
             x30 = _vfma(s, b0, x30)
             x31 = _vfma(s, b1, x31)
-            s = A[r4, ka + k]
+            s = _sload(A, r4, ka + k)
             x40 = _vfma(s, b0, x40)
             x41 = _vfma(s, b1, x41)
         _vstore(C, q0, cn, x00)
@@ -769,16 +784,16 @@ def _panel2(A, ia, ka, W, kw, kn, wn, C, ic, cn, na, S, iS):
         for k in range(kn):
             b0 = _vload(W, kw + k, wn)
             b1 = _vload(W, kw + k, wn + L)
-            s = A[r0, ka + k]
+            s = _sload(A, r0, ka + k)
             x00 = _vfma(s, b0, x00)
             x01 = _vfma(s, b1, x01)
-            s = A[r1, ka + k]
+            s = _sload(A, r1, ka + k)
             x10 = _vfma(s, b0, x10)
             x11 = _vfma(s, b1, x11)
-            s = A[r2, ka + k]
+            s = _sload(A, r2, ka + k)
             x20 = _vfma(s, b0, x20)
             x21 = _vfma(s, b1, x21)
-            s = A[r3, ka + k]
+            s = _sload(A, r3, ka + k)
             x30 = _vfma(s, b0, x30)
             x31 = _vfma(s, b1, x31)
         _vstore(C, q0, cn, x00)
@@ -796,7 +811,7 @@ def _panel2(A, ia, ka, W, kw, kn, wn, C, ic, cn, na, S, iS):
         x00 = _vload(S, iS[a], cn)
         x01 = _vload(S, iS[a], cn + L)
         for k in range(kn):
-            s = A[r0, ka + k]
+            s = _sload(A, r0, ka + k)
             x00 = _vfma(s, _vload(W, kw + k, wn), x00)
             x01 = _vfma(s, _vload(W, kw + k, wn + L), x01)
         _vstore(C, q0, cn, x00)
@@ -828,14 +843,14 @@ def _panel1(A, ia, ka, W, kw, kn, wn, C, ic, cn, na, S, iS):
         x7 = _vload(S, iS[a + 7], cn)
         for k in range(kn):
             b0 = _vload(W, kw + k, wn)
-            x0 = _vfma(A[r0, ka + k], b0, x0)
-            x1 = _vfma(A[r1, ka + k], b0, x1)
-            x2 = _vfma(A[r2, ka + k], b0, x2)
-            x3 = _vfma(A[r3, ka + k], b0, x3)
-            x4 = _vfma(A[r4, ka + k], b0, x4)
-            x5 = _vfma(A[r5, ka + k], b0, x5)
-            x6 = _vfma(A[r6, ka + k], b0, x6)
-            x7 = _vfma(A[r7, ka + k], b0, x7)
+            x0 = _vfma(_sload(A, r0, ka + k), b0, x0)
+            x1 = _vfma(_sload(A, r1, ka + k), b0, x1)
+            x2 = _vfma(_sload(A, r2, ka + k), b0, x2)
+            x3 = _vfma(_sload(A, r3, ka + k), b0, x3)
+            x4 = _vfma(_sload(A, r4, ka + k), b0, x4)
+            x5 = _vfma(_sload(A, r5, ka + k), b0, x5)
+            x6 = _vfma(_sload(A, r6, ka + k), b0, x6)
+            x7 = _vfma(_sload(A, r7, ka + k), b0, x7)
         _vstore(C, ic[a], cn, x0)
         _vstore(C, ic[a + 1], cn, x1)
         _vstore(C, ic[a + 2], cn, x2)
@@ -856,10 +871,10 @@ def _panel1(A, ia, ka, W, kw, kn, wn, C, ic, cn, na, S, iS):
         x3 = _vload(S, iS[a + 3], cn)
         for k in range(kn):
             b0 = _vload(W, kw + k, wn)
-            x0 = _vfma(A[r0, ka + k], b0, x0)
-            x1 = _vfma(A[r1, ka + k], b0, x1)
-            x2 = _vfma(A[r2, ka + k], b0, x2)
-            x3 = _vfma(A[r3, ka + k], b0, x3)
+            x0 = _vfma(_sload(A, r0, ka + k), b0, x0)
+            x1 = _vfma(_sload(A, r1, ka + k), b0, x1)
+            x2 = _vfma(_sload(A, r2, ka + k), b0, x2)
+            x3 = _vfma(_sload(A, r3, ka + k), b0, x3)
         _vstore(C, ic[a], cn, x0)
         _vstore(C, ic[a + 1], cn, x1)
         _vstore(C, ic[a + 2], cn, x2)
@@ -869,7 +884,7 @@ def _panel1(A, ia, ka, W, kw, kn, wn, C, ic, cn, na, S, iS):
         r0 = ia[a]
         x0 = _vload(S, iS[a], cn)
         for k in range(kn):
-            x0 = _vfma(A[r0, ka + k], _vload(W, kw + k, wn), x0)
+            x0 = _vfma(_sload(A, r0, ka + k), _vload(W, kw + k, wn), x0)
         _vstore(C, ic[a], cn, x0)
         a += 1
 
@@ -1102,16 +1117,16 @@ def _outer_panel(A, c, X, xk, ra, rx, r_lo, r_hi, D, j, dk, two):
             qx = rx[r]
             u0 = _vload(X, qx, xk)
             u1 = _vload(X, qx, xk + L)
-            s = A[qa, c]
+            s = _sload(A, qa, c)
             x00 = _vfma(s, u0, x00)
             x01 = _vfma(s, u1, x01)
-            s = A[qa, c + 1]
+            s = _sload(A, qa, c + 1)
             x10 = _vfma(s, u0, x10)
             x11 = _vfma(s, u1, x11)
-            s = A[qa, c + 2]
+            s = _sload(A, qa, c + 2)
             x20 = _vfma(s, u0, x20)
             x21 = _vfma(s, u1, x21)
-            s = A[qa, c + 3]
+            s = _sload(A, qa, c + 3)
             x30 = _vfma(s, u0, x30)
             x31 = _vfma(s, u1, x31)
         _vstore(D, j, dk + L, x01)
@@ -1123,10 +1138,10 @@ def _outer_panel(A, c, X, xk, ra, rx, r_lo, r_hi, D, j, dk, two):
             qa = ra[r]
             qx = rx[r]
             u0 = _vload(X, qx, xk)
-            x00 = _vfma(A[qa, c], u0, x00)
-            x10 = _vfma(A[qa, c + 1], u0, x10)
-            x20 = _vfma(A[qa, c + 2], u0, x20)
-            x30 = _vfma(A[qa, c + 3], u0, x30)
+            x00 = _vfma(_sload(A, qa, c), u0, x00)
+            x10 = _vfma(_sload(A, qa, c + 1), u0, x10)
+            x20 = _vfma(_sload(A, qa, c + 2), u0, x20)
+            x30 = _vfma(_sload(A, qa, c + 3), u0, x30)
     _vstore(D, j, dk, x00)
     _vstore(D, j + 1, dk, x10)
     _vstore(D, j + 2, dk, x20)
@@ -1158,28 +1173,28 @@ def _outer_packed8(Ap, a0, Xp, rn, D, j, dk):
     for r in range(rn):
         u0 = _vload(Xp, r, 0)
         u1 = _vload(Xp, r, L)
-        s = Ap[r, a0 + 0]
+        s = _sload(Ap, r, a0 + 0)
         x00 = _vfma(s, u0, x00)
         x01 = _vfma(s, u1, x01)
-        s = Ap[r, a0 + 1]
+        s = _sload(Ap, r, a0 + 1)
         x10 = _vfma(s, u0, x10)
         x11 = _vfma(s, u1, x11)
-        s = Ap[r, a0 + 2]
+        s = _sload(Ap, r, a0 + 2)
         x20 = _vfma(s, u0, x20)
         x21 = _vfma(s, u1, x21)
-        s = Ap[r, a0 + 3]
+        s = _sload(Ap, r, a0 + 3)
         x30 = _vfma(s, u0, x30)
         x31 = _vfma(s, u1, x31)
-        s = Ap[r, a0 + 4]
+        s = _sload(Ap, r, a0 + 4)
         x40 = _vfma(s, u0, x40)
         x41 = _vfma(s, u1, x41)
-        s = Ap[r, a0 + 5]
+        s = _sload(Ap, r, a0 + 5)
         x50 = _vfma(s, u0, x50)
         x51 = _vfma(s, u1, x51)
-        s = Ap[r, a0 + 6]
+        s = _sload(Ap, r, a0 + 6)
         x60 = _vfma(s, u0, x60)
         x61 = _vfma(s, u1, x61)
-        s = Ap[r, a0 + 7]
+        s = _sload(Ap, r, a0 + 7)
         x70 = _vfma(s, u0, x70)
         x71 = _vfma(s, u1, x71)
     _vstore(D, j + 0, dk, x00)
@@ -1216,16 +1231,16 @@ def _outer_packed4(Ap, a0, Xp, rn, D, j, dk):
     for r in range(rn):
         u0 = _vload(Xp, r, 0)
         u1 = _vload(Xp, r, L)
-        s = Ap[r, a0 + 0]
+        s = _sload(Ap, r, a0 + 0)
         x00 = _vfma(s, u0, x00)
         x01 = _vfma(s, u1, x01)
-        s = Ap[r, a0 + 1]
+        s = _sload(Ap, r, a0 + 1)
         x10 = _vfma(s, u0, x10)
         x11 = _vfma(s, u1, x11)
-        s = Ap[r, a0 + 2]
+        s = _sload(Ap, r, a0 + 2)
         x20 = _vfma(s, u0, x20)
         x21 = _vfma(s, u1, x21)
-        s = Ap[r, a0 + 3]
+        s = _sload(Ap, r, a0 + 3)
         x30 = _vfma(s, u0, x30)
         x31 = _vfma(s, u1, x31)
     _vstore(D, j + 0, dk, x00)
@@ -1256,19 +1271,19 @@ def _outer_packed5(Ap, a0, Xp, rn, D, j, dk):
     for r in range(rn):
         u0 = _vload(Xp, r, 0)
         u1 = _vload(Xp, r, L)
-        s = Ap[r, a0 + 0]
+        s = _sload(Ap, r, a0 + 0)
         x00 = _vfma(s, u0, x00)
         x01 = _vfma(s, u1, x01)
-        s = Ap[r, a0 + 1]
+        s = _sload(Ap, r, a0 + 1)
         x10 = _vfma(s, u0, x10)
         x11 = _vfma(s, u1, x11)
-        s = Ap[r, a0 + 2]
+        s = _sload(Ap, r, a0 + 2)
         x20 = _vfma(s, u0, x20)
         x21 = _vfma(s, u1, x21)
-        s = Ap[r, a0 + 3]
+        s = _sload(Ap, r, a0 + 3)
         x30 = _vfma(s, u0, x30)
         x31 = _vfma(s, u1, x31)
-        s = Ap[r, a0 + 4]
+        s = _sload(Ap, r, a0 + 4)
         x40 = _vfma(s, u0, x40)
         x41 = _vfma(s, u1, x41)
     _vstore(D, j + 0, dk, x00)
@@ -1294,7 +1309,7 @@ def _outer_row(A, c, X, xk0, nv, ra, rx, r_lo, r_hi, D, j, dk0):
         for r in range(r_lo, r_hi):
             qa = ra[r]
             qx = rx[r]
-            v = _vfma(A[qa, c], _vload(X, qx, xk0 + i), v)
+            v = _vfma(_sload(A, qa, c), _vload(X, qx, xk0 + i), v)
         _vstore(D, j, dk0 + i, v)
 
 
@@ -1321,10 +1336,10 @@ def _outer_panel_t(A, c, X, xk, ni, ra, rx, r_lo, r_hi, D, j, dk, tmp):
         qa = ra[r]
         qx = rx[r]
         a = _vload(A, qa, c)
-        v0 = _vfma(X[qx, xk], a, v0)
-        v1 = _vfma(X[qx, x1], a, v1)
-        v2 = _vfma(X[qx, x2], a, v2)
-        v3 = _vfma(X[qx, x3], a, v3)
+        v0 = _vfma(_sload(X, qx, xk), a, v0)
+        v1 = _vfma(_sload(X, qx, x1), a, v1)
+        v2 = _vfma(_sload(X, qx, x2), a, v2)
+        v3 = _vfma(_sload(X, qx, x3), a, v3)
     _vstore(tmp, 0, 0, v0)
     _vstore(tmp, 1, 0, v1)
     _vstore(tmp, 2, 0, v2)
@@ -1481,7 +1496,7 @@ def _outer_acc(A, acol, X, xk0, nk, ra, rx, nrows, D, j0, j1, dk0, db):
                 for r in range(r_lo, r_hi):
                     qa = ra[r]
                     qx = rx[r]
-                    v = _fma(A[qa, c], X[qx, xk0 + i], v)
+                    v = _fma(_sload(A, qa, c), _sload(X, qx, xk0 + i), v)
                 D[jr, dk0 + i] = v
         if with_bias:
             _bias_acc(A, acol, j1 - j0, ra, r_lo, r_hi, db, j0, tmp)
@@ -1525,28 +1540,28 @@ def _outer_t8(X, rx, xm, nm, A, ra, ac, r_lo, r_hi, DT, dm, dj, two):
             qx = rx[r]
             u0 = _vload(A, qa, ac)
             u1 = _vload(A, qa, ac + L)
-            s = X[qx, xm]
+            s = _sload(X, qx, xm)
             y0 = _vfma(s, u0, y0)
             z0 = _vfma(s, u1, z0)
-            s = X[qx, xm + m1]
+            s = _sload(X, qx, xm + m1)
             y1 = _vfma(s, u0, y1)
             z1 = _vfma(s, u1, z1)
-            s = X[qx, xm + m2]
+            s = _sload(X, qx, xm + m2)
             y2 = _vfma(s, u0, y2)
             z2 = _vfma(s, u1, z2)
-            s = X[qx, xm + m3]
+            s = _sload(X, qx, xm + m3)
             y3 = _vfma(s, u0, y3)
             z3 = _vfma(s, u1, z3)
-            s = X[qx, xm + m4]
+            s = _sload(X, qx, xm + m4)
             y4 = _vfma(s, u0, y4)
             z4 = _vfma(s, u1, z4)
-            s = X[qx, xm + m5]
+            s = _sload(X, qx, xm + m5)
             y5 = _vfma(s, u0, y5)
             z5 = _vfma(s, u1, z5)
-            s = X[qx, xm + m6]
+            s = _sload(X, qx, xm + m6)
             y6 = _vfma(s, u0, y6)
             z6 = _vfma(s, u1, z6)
-            s = X[qx, xm + m7]
+            s = _sload(X, qx, xm + m7)
             y7 = _vfma(s, u0, y7)
             z7 = _vfma(s, u1, z7)
         _vstore(DT, dm, dj + L, z0)
@@ -1569,14 +1584,14 @@ def _outer_t8(X, rx, xm, nm, A, ra, ac, r_lo, r_hi, DT, dm, dj, two):
             qa = ra[r]
             qx = rx[r]
             u0 = _vload(A, qa, ac)
-            y0 = _vfma(X[qx, xm], u0, y0)
-            y1 = _vfma(X[qx, xm + m1], u0, y1)
-            y2 = _vfma(X[qx, xm + m2], u0, y2)
-            y3 = _vfma(X[qx, xm + m3], u0, y3)
-            y4 = _vfma(X[qx, xm + m4], u0, y4)
-            y5 = _vfma(X[qx, xm + m5], u0, y5)
-            y6 = _vfma(X[qx, xm + m6], u0, y6)
-            y7 = _vfma(X[qx, xm + m7], u0, y7)
+            y0 = _vfma(_sload(X, qx, xm), u0, y0)
+            y1 = _vfma(_sload(X, qx, xm + m1), u0, y1)
+            y2 = _vfma(_sload(X, qx, xm + m2), u0, y2)
+            y3 = _vfma(_sload(X, qx, xm + m3), u0, y3)
+            y4 = _vfma(_sload(X, qx, xm + m4), u0, y4)
+            y5 = _vfma(_sload(X, qx, xm + m5), u0, y5)
+            y6 = _vfma(_sload(X, qx, xm + m6), u0, y6)
+            y7 = _vfma(_sload(X, qx, xm + m7), u0, y7)
     _vstore(DT, dm, dj, y0)
     if nm > 1:
         _vstore(DT, dm + 1, dj, y1)
