@@ -136,9 +136,16 @@ class OptionalBuildExt(build_ext):
             # the float32 activations with AVX2 (it otherwise keeps them as
             # branches, one value at a time: the AVX2 forward was 2x slower);
             # it changes no value, only what may happen to FP exception flags
+            # -falign-loops=64 starts every loop on a 64-byte boundary: the
+            # speed of the matrix products' inner loops otherwise depended
+            # on where the rest of the code put them. On an AVX2 machine, 2
+            # threads, float32, against the same source without it: forward
+            # 1.1x to 1.15x and backward 1.06x to 1.46x faster at the
+            # benchmark shapes (large forward unchanged); same values.
             compile_args = ["-O3", "-ffp-contract=off"]
-            if _check_flag(compiler, "-fno-trapping-math"):
-                compile_args.append("-fno-trapping-math")
+            for flag in ("-fno-trapping-math", "-falign-loops=64"):
+                if _check_flag(compiler, flag):
+                    compile_args.append(flag)
             link_args = []
             if _env_flag("NUMGRU_NATIVE"):
                 compile_args.append("-march=native")
