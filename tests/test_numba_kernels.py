@@ -471,10 +471,11 @@ def test_other_register_tiles_give_the_same_bits(tmp_path):
     # 5- and 4-row tiles AVX2 uses) give this build's bits: the register
     # tiles never change a result. Runs in a fresh process with its own
     # Numba cache, since the vector width is fixed at import.
-    problems = {"count": len(_TILE_PROBLEMS)}
-    for k, shape in enumerate(_TILE_PROBLEMS):
-        for name, value in make_problem(*shape, np.float32, varied=True,
-                                        seed=k).items():
+    problem_inputs = [make_problem(*shape, np.float32, varied=True, seed=k)
+                      for k, shape in enumerate(_TILE_PROBLEMS)]
+    problems = {"count": len(problem_inputs)}
+    for k, p in enumerate(problem_inputs):
+        for name, value in p.items():
             problems[f"{k}_{name}"] = value
     np.savez(tmp_path / "problems.npz", **problems)
     env = dict(os.environ, NUMBA_CPU_NAME="generic",
@@ -486,8 +487,7 @@ def test_other_register_tiles_give_the_same_bits(tmp_path):
                    env=env, check=True, timeout=900)
     other = np.load(tmp_path / "results.npz")
     assert not other["wide"] and int(other["vector_bytes"]) == 16
-    for k, shape in enumerate(_TILE_PROBLEMS):
-        p = make_problem(*shape, np.float32, varied=True, seed=k)
+    for k, p in enumerate(problem_inputs):
         for name, value in both_forms(nk, p).items():
             assert np.array_equal(other[f"{k}_{name}"], value,
-                                  equal_nan=True), (shape, name)
+                                  equal_nan=True), (_TILE_PROBLEMS[k], name)
