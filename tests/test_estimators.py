@@ -15,6 +15,7 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
+from sklearn.utils import gen_batches
 
 import numgru
 import numgru.estimators as estimators_module
@@ -285,8 +286,10 @@ def test_predict_input_errors():
         model_2d.predict(np.ones((2, 4)))
     with pytest.raises(ValueError, match="features per time step"):
         model_2d.predict(np.ones((2, 4, 3)))
-    with pytest.raises(NotFittedError):
+    with pytest.raises(NotFittedError, match="GRURegressor instance is not fitted"):
         GRURegressor().predict(np.ones((2, 4)))
+    with pytest.raises(NotFittedError, match="GRUClassifier instance is not fitted"):
+        GRUClassifier().predict_proba(np.ones((2, 4)))
 
 
 def test_classifier_target_errors():
@@ -691,3 +694,10 @@ def test_backends_give_the_same_model(backend):
     np.testing.assert_allclose(model.predict_proba(X),
                                reference.predict_proba(X), rtol=1e-9)
     assert pickle.loads(pickle.dumps(model)).backend == backend
+
+
+@pytest.mark.parametrize("n_samples", [1, 5, 32, 33, 1000])
+@pytest.mark.parametrize("batch_size", [1, 7, 32, 1024])
+def test_batches_match_gen_batches(n_samples, batch_size):
+    assert (estimators_module._batches(n_samples, batch_size)
+            == list(gen_batches(n_samples, batch_size)))
