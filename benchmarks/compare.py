@@ -35,7 +35,8 @@ Method
   empty directory times ``import numgru`` and a first forward plus backward
   (cold: everything is compiled); a second subprocess with the same directory
   times ``import numgru`` and a first forward (warm: compiled code is loaded
-  from the cache).
+  from the cache, and numgru's Python modules from their bytecode, which
+  the first process wrote even where ``PYTHONDONTWRITEBYTECODE`` is set).
 """
 
 import argparse
@@ -581,8 +582,13 @@ print(json.dumps({"import": imported - start, "first_call": done - imported}))
 
 
 def _run_json_subprocess(script, args, extra_env=None):
+    # extra_env: variables to set, or to remove where the value is None
     env = dict(os.environ)
-    env.update(extra_env or {})
+    for name, value in (extra_env or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     spec = importlib.util.find_spec("numgru")
     if spec is not None and spec.origin:
         package_parent = os.path.dirname(os.path.dirname(spec.origin))
@@ -650,6 +656,12 @@ def measure_train_memory(engine, backend, shape):
 def measure_startup(backend):
     """Cold and warm start-up times of numgru in fresh subprocesses.
 
+    Both processes may write Python's bytecode cache, whatever
+    ``PYTHONDONTWRITEBYTECODE`` says here: the warm process then reads
+    numgru's modules compiled, as after a ``pip install``, which compiles
+    them at install time. (Compiling them from source at every start took
+    about 0.1 s on the development machine.)
+
     Returns
     -------
     result : dict
@@ -658,7 +670,7 @@ def measure_startup(backend):
         Each maps ``import`` and ``first_call`` to seconds.
     """
     with tempfile.TemporaryDirectory(prefix="numgru-cache-") as cache_dir:
-        env = {"NUMBA_CACHE_DIR": cache_dir}
+        env = {"NUMBA_CACHE_DIR": cache_dir, "PYTHONDONTWRITEBYTECODE": None}
         cold = _run_json_subprocess(_STARTUP_SCRIPT, [backend, 1], env)
         warm = _run_json_subprocess(_STARTUP_SCRIPT, [backend, 0], env)
     return {"cold": cold, "warm": warm}

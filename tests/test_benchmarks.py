@@ -165,6 +165,20 @@ def test_memory_and_startup_subprocesses():
         assert startup[phase]["import"] > 0 and startup[phase]["first_call"] > 0
 
 
+def test_subprocess_environment_sets_and_removes(monkeypatch):
+    from benchmarks import compare
+
+    monkeypatch.setenv("NUMGRU_TEST_REMOVED", "1")
+    monkeypatch.setenv("NUMGRU_TEST_KEPT", "2")
+    script = ("import json, os; print(json.dumps({name: os.environ.get(name) "
+              "for name in ('NUMGRU_TEST_REMOVED', 'NUMGRU_TEST_KEPT', "
+              "'NUMGRU_TEST_SET')}))")
+    seen = compare._run_json_subprocess(
+        script, [], {"NUMGRU_TEST_REMOVED": None, "NUMGRU_TEST_SET": "3"})
+    assert seen == {"NUMGRU_TEST_REMOVED": None, "NUMGRU_TEST_KEPT": "2",
+                    "NUMGRU_TEST_SET": "3"}
+
+
 def test_compare_defines_no_asv_benchmark():
     from benchmarks import compare
 
