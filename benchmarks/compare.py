@@ -659,8 +659,8 @@ def measure_startup(backend):
     Both processes may write Python's bytecode cache, whatever
     ``PYTHONDONTWRITEBYTECODE`` says here: the warm process then reads
     numgru's modules compiled, as after a ``pip install``, which compiles
-    them at install time. (Compiling them from source at every start took
-    about 0.1 s on the development machine.)
+    them at install time. (Compiling them from source at every start made
+    the warm start about 0.2 s slower on the development machine.)
 
     Returns
     -------
