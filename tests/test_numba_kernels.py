@@ -196,6 +196,47 @@ def test_product_from_a_bias_row_is_one_fma_chain(dtype, n_rows, n_sum,
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_rows", [1, 3, 4, 5, 8, 13, 21])
+@pytest.mark.parametrize("vectors, vectors2", [(1, 0), (2, 3), (3, 1)])
+def test_step_dot_groups_give_the_same_bits(dtype, n_rows, vectors,
+                                            vectors2):
+    # rows of whole lane vectors: groups of four rows (AVX2), groups of
+    # eight then four (AVX-512; run here whatever the machine) and the
+    # general code with its masked loads of a partial last vector give the
+    # same bits, with and without a second operand pair summed in the same
+    # lanes
+    lanes = 64 // np.dtype(dtype).itemsize
+    K, K2 = vectors * lanes, max(vectors2, 1) * lanes
+    with2 = vectors2 > 0
+    rng = np.random.default_rng(n_rows * 10 + vectors)
+    w = rng.standard_normal((n_rows + 7, K)).astype(dtype)
+    w2 = rng.standard_normal((n_rows + 7, K2)).astype(dtype)
+    a = rng.standard_normal((3, K)).astype(dtype)
+    a2 = rng.standard_normal((2, K2)).astype(dtype)
+    results = []
+    for run in ("fours", "eights", "partial", "dispatch"):
+        out = np.full(n_rows + 9, -1.0, dtype)
+        args = (out, 2, w, 5, n_rows, a, 1, w2, a2, 1, with2)
+        if run == "partial":
+            nk._step_partial(*args)
+        elif run == "dispatch":
+            nk._step_dots(*args)
+        else:
+            nk._step_whole(*args, run == "eights")
+        results.append(out)
+    for out in results[1:]:
+        assert np.array_equal(out, results[0])
+    expected = w[5:5 + n_rows].astype(np.float64) @ a[1].astype(np.float64)
+    if with2:
+        expected += w2[5:5 + n_rows].astype(np.float64) @ a2[1].astype(
+            np.float64)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(results[0][2:2 + n_rows], expected,
+                               rtol=tolerance, atol=tolerance)
+    assert np.all(results[0][:2] == -1) and np.all(results[0][2 + n_rows:] == -1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_cols", [1, 7, 16, 50, 128, 300, 513])
 def test_pack_tiles_the_columns(dtype, n_cols):
     # whole vectors, a part of a vector at the end of a tile, several tiles
