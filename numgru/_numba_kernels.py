@@ -2760,29 +2760,56 @@ def _step_dots(out, o, w, r, nr, a, s, w2, a2, s2, with2):
         _step_whole(out, o, w, r, nr, a, s, w2, a2, s2, with2, _WIDE_TILES)
 
 
+@njit(inline="always", **_JIT)
+def _step_acc_samples4(w, r, a, s0, c0, c1, c2, c3):
+    # c_q plus the terms of dot(w[r], a[s0 + q]) for q < 4, in the step's
+    # lane order: w (rows, K), a (samples, K), K a whole number of lane
+    # vectors; one load of the weights serves the four samples
+    lanes = _lanes_count(w)
+    for k in range(0, w.shape[1], lanes):
+        v = _lanes_load(w, r, k)
+        c0 = _lanes_fma(v, _lanes_load(a, s0, k), c0)
+        c1 = _lanes_fma(v, _lanes_load(a, s0 + 1, k), c1)
+        c2 = _lanes_fma(v, _lanes_load(a, s0 + 2, k), c2)
+        c3 = _lanes_fma(v, _lanes_load(a, s0 + 3, k), c3)
+    return c0, c1, c2, c3
+
+
 @njit(**_JIT)
-def _step_sample(x, w_ih, w_hh, b_ih, b_hh, h, b, reset_after, h_new, p, q):
-    # sample b of one layer: x (B, I), w_ih (3H, I), w_hh (3H, H),
-    # b_ih, b_hh (3H,), h (B, H), h_new (B, H) row b written;
-    # p (3H,) and q (2, H) scratch. Each elementwise loop writes one array.
-    H = h.shape[1]
-    one = _unit(p[0])
-    hn = q[0]
-    # r and z: the input and the recurrent terms in the same lanes
-    _step_dots(p, 0, w_ih, 0, 2 * H, x, b, w_hh, h, b, True)
-    _step_dots(p, 2 * H, w_ih, 2 * H, H, x, b, w_hh, h, b, False)
+def _step_dots_samples4(out, o, w, r, nr, a, s0, w2, a2, s02, with2):
+    # _step_dots for the four samples s0 .. s0 + 3 of a (and s02 .. of a2)
+    # at once, rows of whole lane vectors only: out[q, o + i] for q < 4,
+    # out (4, >= o + nr)
+    for i in range(nr):
+        c0 = _lanes_zero(w)
+        c0, c1, c2, c3 = _step_acc_samples4(w, r + i, a, s0, c0, c0, c0, c0)
+        if with2:
+            c0, c1, c2, c3 = _step_acc_samples4(w2, r + i, a2, s02,
+                                                c0, c1, c2, c3)
+        t = _lanes_sums((c0, c1, c2, c3))
+        out[0, o + i] = t[0]
+        out[1, o + i] = t[1]
+        out[2, o + i] = t[2]
+        out[3, o + i] = t[3]
+
+
+@njit(inline="always", **_JIT)
+def _step_rz_gates(p, b_ih, b_hh, H):
+    # p (3H,): the r and z pre-activations (without biases) become the gates
     for j in range(2 * H):
         p[j] = _sigmoid(p[j] + (b_ih[j] + b_hh[j]))
+
+
+@njit(inline="always", **_JIT)
+def _step_new_state(p, hn, b_ih, b_hh, h, b, h_new, reset_after, H):
+    # p (3H,) [r, z, W_in x]   hn (H,) W_hn h (reset_after) or W_hn (r * h)
+    # on entry, the candidate on exit   h, h_new (B, H): row b of h_new
+    one = _unit(p[0])
     if reset_after:
-        _step_dots(hn, 0, w_hh, 2 * H, H, h, b, w_hh, h, b, False)
         for j in range(H):
             hn[j] = _tanh((p[2 * H + j] + b_ih[2 * H + j])
                           + p[j] * (hn[j] + b_hh[2 * H + j]))
     else:
-        rh = q[1]
-        for j in range(H):
-            rh[j] = p[j] * h[b, j]
-        _step_dots(hn, 0, w_hh, 2 * H, H, q, 1, w_hh, q, 1, False)
         for j in range(H):
             hn[j] = _tanh((p[2 * H + j] + b_ih[2 * H + j])
                           + (hn[j] + b_hh[2 * H + j]))
@@ -2792,19 +2819,76 @@ def _step_sample(x, w_ih, w_hh, b_ih, b_hh, h, b, reset_after, h_new, p, q):
 
 
 @njit(**_JIT)
+def _step_sample(x, w_ih, w_hh, b_ih, b_hh, h, b, reset_after, h_new, p, q):
+    # sample b of one layer: x (B, I), w_ih (3H, I), w_hh (3H, H),
+    # b_ih, b_hh (3H,), h (B, H), h_new (B, H) row b written;
+    # p (3H,) and q (2, H) scratch. Each elementwise loop writes one array.
+    H = h.shape[1]
+    hn = q[0]
+    # r and z: the input and the recurrent terms in the same lanes
+    _step_dots(p, 0, w_ih, 0, 2 * H, x, b, w_hh, h, b, True)
+    _step_dots(p, 2 * H, w_ih, 2 * H, H, x, b, w_hh, h, b, False)
+    _step_rz_gates(p, b_ih, b_hh, H)
+    if reset_after:
+        _step_dots(hn, 0, w_hh, 2 * H, H, h, b, w_hh, h, b, False)
+    else:
+        rh = q[1]
+        for j in range(H):
+            rh[j] = p[j] * h[b, j]
+        _step_dots(hn, 0, w_hh, 2 * H, H, q, 1, w_hh, q, 1, False)
+    _step_new_state(p, hn, b_ih, b_hh, h, b, h_new, reset_after, H)
+
+
+@njit(**_JIT)
+def _step_samples4(x, w_ih, w_hh, b_ih, b_hh, h, b, reset_after, h_new, p,
+                   q):
+    # _step_sample for the four samples b .. b + 3, rows of whole lane
+    # vectors only: p (4, 3H) and q (2, 4, H) scratch
+    H = h.shape[1]
+    hn = q[0]
+    _step_dots_samples4(p, 0, w_ih, 0, 2 * H, x, b, w_hh, h, b, True)
+    _step_dots_samples4(p, 2 * H, w_ih, 2 * H, H, x, b, w_hh, h, b, False)
+    for s in range(4):
+        _step_rz_gates(p[s], b_ih, b_hh, H)
+    if reset_after:
+        _step_dots_samples4(hn, 0, w_hh, 2 * H, H, h, b, w_hh, h, b, False)
+    else:
+        rh = q[1]
+        for s in range(4):
+            for j in range(H):
+                rh[s, j] = p[s, j] * h[b + s, j]
+        _step_dots_samples4(hn, 0, w_hh, 2 * H, H, rh, 0, w_hh, rh, 0,
+                            False)
+    for s in range(4):
+        _step_new_state(p[s], hn[s], b_ih, b_hh, h, b + s, h_new,
+                        reset_after, H)
+
+
+@njit(**_JIT)
 def _step_samples(x, w_ih, w_hh, b_ih, b_hh, h, layer, reset_after, h_new,
                   b0, b1):
     # samples b0 .. b1-1 of one layer: x (B, I), h and h_new (L, B, H), the
-    # layer's rows h[layer] read and h_new[layer] written
+    # layer's rows h[layer] read and h_new[layer] written. With rows of
+    # whole lane vectors, four samples at a time share each weight load.
     H = h.shape[2]
     work = np.empty((5, H), h_new.dtype)
     p = work[:3].reshape(3 * H)
     q = work[3:]
     h_in = h[layer]
     h_out = h_new[layer]
-    for b in range(b0, b1):
+    lanes = _lanes_count(w_hh)
+    b = b0
+    if b1 - b0 >= 4 and x.shape[1] % lanes == 0 and H % lanes == 0:
+        p4 = np.empty((4, 3 * H), h_new.dtype)
+        q4 = np.empty((2, 4, H), h_new.dtype)
+        while b + 4 <= b1:
+            _step_samples4(x, w_ih, w_hh, b_ih, b_hh, h_in, b, reset_after,
+                           h_out, p4, q4)
+            b += 4
+    while b < b1:
         _step_sample(x, w_ih, w_hh, b_ih, b_hh, h_in, b, reset_after, h_out,
                      p, q)
+        b += 1
 
 
 @njit(**_JIT)
