@@ -119,9 +119,11 @@ def test_step_same_bits_for_any_batch_and_thread_count(
 @pytest.mark.parametrize("backend", COMPILED_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("reset_after", [True, False])
-def test_step_parallel_path_same_bits(backend, dtype, reset_after,
-                                      threads_for_any_size):
-    gru, x, h, serial = _serial_step(backend, dtype, reset_after)
+@pytest.mark.parametrize("input_size, hidden_size", [(19, 37), (16, 32)])
+def test_step_parallel_path_same_bits(backend, dtype, reset_after, input_size,
+                                      hidden_size, threads_for_any_size):
+    gru, x, h, serial = _serial_step(backend, dtype, reset_after, input_size,
+                                     hidden_size)
     numgru.set_num_threads(2)
     assert np.array_equal(gru.step(x, h), serial)
     with numgru.thread_limit(1):
