@@ -139,14 +139,16 @@ def _fma_chain_rows(A, ia, ak0, W, wk0, n_sum, C, ic, cj0):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_rows, n_sum, n_cols", [
-    (29, 300, 50), (13, 40, 48), (8, 7, 17), (5, 9, 1), (12, 260, 33)])
+    (29, 300, 50), (13, 40, 48), (8, 7, 17), (5, 9, 1), (12, 260, 33),
+    (1, 32, 96), (16, 300, 130), (3, 5, 80), (18, 20, 64)])
 @pytest.mark.parametrize("tiles", ["panels", "wide"])
 def test_recurrent_product_is_one_fma_chain(dtype, n_rows, n_sum, n_cols,
                                             tiles):
     # the products of the recurrence and of the input gradient, with column
-    # counts that leave 2, 1 or less than 1 vector for the last tiles; the
-    # weights packed as the kernels pack them (tiles of one panel) and in
-    # tiles of several panels
+    # counts that leave 2, 1 or less than 1 vector for the last tiles, and
+    # row counts that leave rows outside the multi-row register tiles (those
+    # go against two or four tiles at once); the weights packed as the
+    # kernels pack them (tiles of one panel) and in tiles of several panels
     rng = np.random.default_rng(n_rows + n_cols)
     A = rng.standard_normal((n_rows + 3, n_sum + 2)).astype(dtype)
     W = rng.standard_normal((n_sum + 1, n_cols)).astype(dtype)
@@ -166,7 +168,8 @@ def test_recurrent_product_is_one_fma_chain(dtype, n_rows, n_sum, n_cols,
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_rows, n_sum, n_cols", [
-    (29, 300, 50), (13, 40, 48), (8, 7, 17), (5, 9, 1)])
+    (29, 300, 50), (13, 40, 48), (8, 7, 17), (5, 9, 1), (1, 32, 96),
+    (16, 300, 130), (3, 5, 80)])
 @pytest.mark.parametrize("tiles", ["panels", "wide"])
 def test_product_from_a_bias_row_is_one_fma_chain(dtype, n_rows, n_sum,
                                                   n_cols, tiles):
