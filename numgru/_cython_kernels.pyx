@@ -198,6 +198,31 @@ cdef extern from *:
             const ptrdiff_t kn = K - k0 < NG_KC ? K - k0 : NG_KC;              \
             const T *Ak = A + k0 * sak;                                        \
             const T *Bk = B + k0 * ldb;                                        \
+            /* rows m_t .. M-1, past the register tiles (which take            \
+               M - M % NG_MR rows): four vectors at a time, four               \
+               independent fma chains, where the one-row loops below           \
+               take two */                                                     \
+            const ptrdiff_t m_t = M - M % NG_MR;                               \
+            const ptrdiff_t n_q = N - N % (4 * L);                             \
+            for (ptrdiff_t m = m_t; m < M; m++) {                              \
+                const T *a0 = Ak + m * sam;                                    \
+                for (ptrdiff_t n = 0; n < n_q; n += 4 * L) {                   \
+                    T *c0 = C + m * ldc + n;                                   \
+                    V x0 = *(const VU *)c0, x1 = *(const VU *)(c0 + L);        \
+                    V x2 = *(const VU *)(c0 + 2 * L);                          \
+                    V x3 = *(const VU *)(c0 + 3 * L);                          \
+                    const T *b = Bk + n;                                       \
+                    for (ptrdiff_t k = 0; k < kn; k++, b += ldb) {             \
+                        T s0 = a0[k * sak];                                    \
+                        x0 = MADD_V(s0, *(const VU *)b, x0);                   \
+                        x1 = MADD_V(s0, *(const VU *)(b + L), x1);             \
+                        x2 = MADD_V(s0, *(const VU *)(b + 2 * L), x2);         \
+                        x3 = MADD_V(s0, *(const VU *)(b + 3 * L), x3);         \
+                    }                                                          \
+                    *(VU *)c0 = x0; *(VU *)(c0 + L) = x1;                      \
+                    *(VU *)(c0 + 2 * L) = x2; *(VU *)(c0 + 3 * L) = x3;        \
+                }                                                              \
+            }                                                                  \
             ptrdiff_t n0 = 0;                                                  \
             for (; n0 + 2 * L <= N; n0 += 2 * L) {                             \
                 ptrdiff_t m0 = 0;                                              \
@@ -275,7 +300,7 @@ cdef extern from *:
                     *(VU *)c2 = x20; *(VU *)(c2 + L) = x21;                    \
                     *(VU *)c3 = x30; *(VU *)(c3 + L) = x31;                    \
                 }                                                              \
-                for (; m0 < M; m0++) {                                         \
+                for (; m0 < (n0 < n_q ? m_t : M); m0++) {                      \
                     const T *a0 = Ak + m0 * sam;                               \
                     T *c0 = C + m0 * ldc + n0;                                 \
                     V x00 = *(const VU *)c0, x01 = *(const VU *)(c0 + L);      \
