@@ -52,6 +52,22 @@ class Forward(_OneLayerBenchmark):
         self.run()
 
 
+class ForwardOne(_OneLayerBenchmark):
+    """Inference over one sequence of the shape: ``gru.forward(x[:1])``.
+
+    The latency of predicting one series, where the products run on one row
+    of the inputs and states (the rows of a batch that fill no register tile
+    take the same path).
+    """
+
+    def run(self):
+        """Forward pass of the first sequence, without keeping a cache."""
+        return self.gru.forward(self.x[:1])
+
+    def time_forward_one(self, backend, shape):
+        self.run()
+
+
 class TrainStep(_OneLayerBenchmark):
     """One training step of one layer: forward keeping the cache, then backward."""
 
