@@ -113,10 +113,10 @@ _resolved = {}
 def get_backend(name):
     """Return the kernel module for a backend name (``"auto"`` allowed).
 
-    Resolutions are remembered per name and value of ``NUMGRU_BACKEND``, so
-    the per-call cost stays a dictionary lookup.
+    Resolutions are remembered per name (and, for ``"auto"``, value of
+    ``NUMGRU_BACKEND``), so the per-call cost stays a dictionary lookup.
     """
-    key = (name, os.environ.get("NUMGRU_BACKEND"))
+    key = (name, os.environ.get("NUMGRU_BACKEND")) if name == "auto" else name
     module = _resolved.get(key)
     if module is None:
         module = _resolved[key] = _loaded[resolve_backend(name)]

@@ -370,14 +370,19 @@ class BaseGRUEstimator(BaseEstimator):
     def _head(self, features):
         return features @ self.head_weight_.T + self.head_bias_
 
-    def _raw_outputs(self, values, lengths):
-        """Head outputs (n_samples, n_outputs) for a padded batch."""
+    def _raw_outputs(self, values, lengths, full=False):
+        """Head outputs (n_samples, n_outputs) for a padded batch; ``full``
+        when every length is ``values.shape[1]`` (no per-chunk lengths to
+        check then)."""
         n_samples = values.shape[0]
         outputs = np.empty((n_samples, self.n_outputs_), dtype=self.dtype)
         for chunk in _batches(n_samples, _PREDICT_CHUNK):
-            chunk_lengths = lengths[chunk]
-            n_steps = int(chunk_lengths.max())
-            x = np.ascontiguousarray(values[chunk, :n_steps])
+            if full:
+                x, chunk_lengths = values[chunk], None
+            else:
+                chunk_lengths = lengths[chunk]
+                n_steps = int(chunk_lengths.max())
+                x = np.ascontiguousarray(values[chunk, :n_steps])
             _, h_n = self.gru_.forward(x, lengths=chunk_lengths)
             outputs[chunk] = self._head(self._last_hidden(h_n))
         return outputs
@@ -395,7 +400,9 @@ class BaseGRUEstimator(BaseEstimator):
         batch = check_sequences(X, dtype=self.dtype, estimator=self,
                                 reset=False)
         with _num_threads(self.n_jobs):
-            outputs = self._raw_outputs(batch.values, batch.lengths)
+            # arrays (not lists) hold series of one length
+            outputs = self._raw_outputs(batch.values, batch.lengths,
+                                        full=batch.kind != "list")
         return outputs.astype(np.float64)
 
     # -------------------------------------------------------------- training
