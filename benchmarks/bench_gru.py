@@ -55,9 +55,9 @@ class Forward(_OneLayerBenchmark):
 class ForwardOne(_OneLayerBenchmark):
     """Inference over one sequence of the shape: ``gru.forward(x[:1])``.
 
-    The latency of predicting one series, where the products run on one row
-    of the inputs and states (the rows of a batch that fill no register tile
-    take the same path).
+    The latency of predicting one series: the recurrent products run on one
+    row of states, the path that the last samples of a batch which fill no
+    register tile also take.
     """
 
     def run(self):
