@@ -100,11 +100,14 @@ def _serial_step(backend, dtype, reset_after, input_size=19, hidden_size=37):
 @pytest.mark.parametrize("backend", COMPILED_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("reset_after", [True, False])
-@pytest.mark.parametrize("input_size, hidden_size", [(19, 37), (16, 32)])
+@pytest.mark.parametrize("input_size, hidden_size",
+                         [(19, 37), (16, 32), (8, 32), (32, 20)])
 def test_step_same_bits_for_any_batch_and_thread_count(
         backend, dtype, reset_after, input_size, hidden_size):
-    # (16, 32): rows of whole lane vectors, which the Numba step takes four
-    # samples at a time; 19 and 37 leave a partial vector
+    # the Numba step takes four samples at a time, one at a time the rest:
+    # (16, 32) gives rows of whole lane vectors; 19 and 37 leave a partial
+    # vector at the end of every row, 8 at the end of the input weights'
+    # rows only (float32), 20 of the recurrent ones only
     gru, x, h, serial = _serial_step(backend, dtype, reset_after, input_size,
                                      hidden_size)
     for b in (0, 11, 22):
