@@ -77,7 +77,7 @@ def threads_for_any_size(monkeypatch):
     """Let every step call run on several threads, however small."""
     if "numba" in COMPILED_BACKENDS:
         from numgru import _numba_kernels
-        monkeypatch.setattr(_numba_kernels, "_SERIAL_WORK", 0)
+        monkeypatch.setattr(_numba_kernels, "_STEP_SERIAL_WORK", 0)
     if "cython" in COMPILED_BACKENDS:
         from numgru import _cython_kernels
         previous = _cython_kernels._set_serial_flops(0.0)
