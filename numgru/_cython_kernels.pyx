@@ -1194,6 +1194,26 @@ def _set_serial_flops(double value):
     return previous
 
 
+# The same for step_forward (GRU.step), 6 B L H (I + H) flops for L layers:
+# a step is one short parallel region, which pays from far less work than a
+# forward pass, whose threads wait for each other at every step. Measured,
+# 2 threads against one, same bits (medians of 11 interleaved rounds), at
+# (B, I, H): 0.66x to 0.96x below 2^15 B H (I + H) (8 to 16 samples of
+# (8, 32), (16, 32), (32, 32)); from there 1.16x at (8, 1, 64), 1.14x at
+# (8, 16, 64), 1.30x and 1.46x at (8, 32, 128), 1.33x at (64, 8, 32),
+# 1.42x at (8, 128, 512), 1.74x at (32, 64, 256).
+cdef double _step_serial_flops = 6.0 * (1 << 15)
+
+
+def _set_step_serial_flops(double value):
+    """Set the step's serial-work threshold (in flops); returns the previous
+    one. For tests: 0 makes every step of over four samples use threads."""
+    global _step_serial_flops
+    previous = _step_serial_flops
+    _step_serial_flops = value
+    return previous
+
+
 cdef int _use_threads(Py_ssize_t B, Py_ssize_t T, Py_ssize_t I,
                       Py_ssize_t H, int n_threads) noexcept nogil:
     # threads worth using for a (B, T, I, H) layer: 1 for small work
@@ -2501,7 +2521,9 @@ def step_forward(x, h, _StepWeights prepared, bint reset_after,
             if n_threads is None:
                 from ._threads import get_num_threads
                 n_threads = get_num_threads()
-            threads = _use_threads(B, L, I, H, n_threads)
+            if (n_threads > 1
+                    and 6.0 * B * L * H * (I + H) >= _step_serial_flops):
+                threads = n_threads
         n_chunks = min(threads, _ceil_div(B, NG_SG))
         per_chunk = _ceil_div(_ceil_div(B, n_chunks), NG_SG) * NG_SG
         n_chunks = _ceil_div(B, per_chunk)

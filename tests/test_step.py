@@ -80,9 +80,9 @@ def threads_for_any_size(monkeypatch):
         monkeypatch.setattr(_numba_kernels, "_STEP_SERIAL_WORK", 0)
     if "cython" in COMPILED_BACKENDS:
         from numgru import _cython_kernels
-        previous = _cython_kernels._set_serial_flops(0.0)
+        previous = _cython_kernels._set_step_serial_flops(0.0)
         yield
-        _cython_kernels._set_serial_flops(previous)
+        _cython_kernels._set_step_serial_flops(previous)
     else:
         yield
 
