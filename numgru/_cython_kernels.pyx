@@ -1194,13 +1194,13 @@ def _set_serial_flops(double value):
     return previous
 
 
-# The same for step_forward (GRU.step), 6 B L H (I + H) flops for L layers:
-# a step is one short parallel region, which pays from far less work than a
-# forward pass, whose threads wait for each other at every step. Measured,
-# 2 threads against one, same bits (medians of 11 interleaved rounds), at
-# (B, I, H): 0.66x to 0.96x below 2^15 B H (I + H) (8 to 16 samples of
-# (8, 32), (16, 32), (32, 32)); from there 1.16x at (8, 1, 64), 1.14x at
-# (8, 16, 64), 1.30x and 1.46x at (8, 32, 128), 1.33x at (64, 8, 32),
+# The same for step_forward (GRU.step), 6 B L H (I + H) flops for L layers.
+# Two threads beat one at far less work for a step than for a forward pass.
+# Measured, 2 threads against one, same bits (medians of 11 interleaved
+# rounds), at (B, I, H): below 2^15 B H (I + H), 0.66x to 0.96x at 8 to 16
+# samples of (I, H) = (8, 32), (16, 32), (32, 32) (one run of 16 samples of
+# (8, 32): 1.13x); above it, 1.16x at (8, 1, 64), 1.14x at (8, 16, 64),
+# 0.91x to 1.46x over seven runs at (8, 32, 128), 1.33x at (64, 8, 32),
 # 1.42x at (8, 128, 512), 1.74x at (32, 64, 256).
 cdef double _step_serial_flops = 6.0 * (1 << 15)
 
