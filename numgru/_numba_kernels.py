@@ -2932,7 +2932,9 @@ def _step_dots_samples4(out, o, w, r, nr, a, s0, w2, a2, s02, with2):
             _step_store4(out, o + i, c0, c1, c2, c3)
         return
     t0, t1, t2, t3 = _step_tails4(w, a, s0)
-    u0, u1, u2, u3 = _step_tails4(w2, a2, s02)
+    u0, u1, u2, u3 = t0, t1, t2, t3
+    if tail2:
+        u0, u1, u2, u3 = _step_tails4(w2, a2, s02)
     for i in range(nr):
         c0 = _lanes_zero(w)
         c0, c1, c2, c3 = _step_acc_samples4(w, r + i, a, s0, c0, c0, c0, c0)
