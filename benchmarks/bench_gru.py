@@ -1,7 +1,7 @@
 """asv benchmarks of the GRU engine: forward, train step and streaming step.
 
-Every class is parametrised over the backend and, except the streaming step,
-over the anchor shapes. Combinations that cannot or should not run here (a
+Every class is parametrised over the backend and, except the one-sample
+streaming step, over the anchor shapes. Combinations that cannot or should not run here (a
 backend that does not import, the numpy reference at large shapes) are
 skipped by ``setup`` raising ``NotImplementedError``. ``setup`` also runs the
 timed call once so that just-in-time compilation is not timed.
@@ -20,8 +20,10 @@ SHAPE_NAMES = list(ANCHOR_SHAPES)
 class _OneLayerBenchmark:
     """Shared setup: a float32 one-layer GRU and inputs at an anchor shape.
 
-    Subclasses define ``run``, the call they time; ``setup`` runs it once so
-    just-in-time compilation is not timed.
+    Subclasses define ``run``, the call they time, and may define
+    ``prepare``, which sets up what ``run`` needs beyond ``x`` and
+    ``d_output``; ``setup`` runs ``run`` once so just-in-time compilation is
+    not timed.
     """
 
     params = (BACKENDS, SHAPE_NAMES)
@@ -35,7 +37,11 @@ class _OneLayerBenchmark:
         self.gru = numgru.GRU(n_inputs, n_hidden, dtype="float32",
                               backend=backend, random_state=0)
         self.x, self.d_output = make_inputs(ANCHOR_SHAPES[shape])
+        self.prepare()
         self.run()
+
+    def prepare(self):
+        """Nothing beyond ``x`` and ``d_output`` by default."""
 
 
 class Forward(_OneLayerBenchmark):
@@ -80,6 +86,28 @@ class TrainStep(_OneLayerBenchmark):
         self.run()
 
     def peakmem_train_step(self, backend, shape):
+        self.run()
+
+
+class StepBatch(_OneLayerBenchmark):
+    """Streaming inference for a batch of streams: ``gru.step`` on the first
+    time step of every sequence of the shape (B streams of I inputs, H
+    hidden units).
+
+    Batches step four samples per pass over the weights, and share large
+    batches between threads.
+    """
+
+    def prepare(self):
+        """The step's input and a zero state, both C-contiguous."""
+        self.x_t = np.ascontiguousarray(self.x[:, 0])
+        self.h = np.zeros((1, len(self.x), self.gru.hidden_size), dtype=DTYPE)
+
+    def run(self):
+        """One step of every stream."""
+        return self.gru.step(self.x_t, self.h)
+
+    def time_step_batch(self, backend, shape):
         self.run()
 
 

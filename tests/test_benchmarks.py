@@ -52,8 +52,8 @@ def smallest_params(benchmark_class):
 
 def test_suite_has_benchmarks():
     names = [param.id for param in benchmark_classes()]
-    for expected in ("Forward", "ForwardOne", "TrainStep", "StreamStep",
-                     "EstimatorBenchmark"):
+    for expected in ("Forward", "ForwardOne", "TrainStep", "StepBatch",
+                     "StreamStep", "EstimatorBenchmark"):
         assert any(name.endswith("." + expected) for name in names), names
 
 
