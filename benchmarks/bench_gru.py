@@ -1,10 +1,11 @@
 """asv benchmarks of the GRU engine: forward, train step and streaming step.
 
 Every class is parametrised over the backend and, except the one-sample
-streaming step, over the anchor shapes. Combinations that cannot or should not run here (a
-backend that does not import, the numpy reference at large shapes) are
-skipped by ``setup`` raising ``NotImplementedError``. ``setup`` also runs the
-timed call once so that just-in-time compilation is not timed.
+streaming step, over the anchor shapes. Combinations that cannot or should
+not run here (a backend that does not import, the numpy reference at large
+shapes) are skipped by ``setup`` raising ``NotImplementedError``. ``setup``
+also runs the timed call once so that just-in-time compilation is not
+timed.
 """
 
 import numpy as np
