@@ -1215,11 +1215,13 @@ def _set_step_serial_flops(double value):
 
 
 cdef int _use_threads(Py_ssize_t B, Py_ssize_t T, Py_ssize_t I,
-                      Py_ssize_t H, int n_threads) noexcept nogil:
-    # threads worth using for a (B, T, I, H) layer: 1 for small work
+                      Py_ssize_t H, int n_threads,
+                      double serial_flops) noexcept nogil:
+    # threads worth using for a (B, T, I, H) layer, or T layers of a step:
+    # 1 below serial_flops (_serial_flops or _step_serial_flops)
     if n_threads <= 1 or B < 2:
         return 1
-    if 6.0 * B * T * H * (I + H) < _serial_flops:
+    if 6.0 * B * T * H * (I + H) < serial_flops:
         return 1
     return n_threads
 
@@ -1462,7 +1464,7 @@ cdef void _forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
     cdef Py_ssize_t n_blocks, per_block, blk, b_start, b_stop, wsize
     if B == 0 or T == 0:
         return
-    n_threads = _use_threads(B, T, I, H, n_threads)
+    n_threads = _use_threads(B, T, I, H, n_threads, _serial_flops)
     n_blocks = _n_blocks(B, n_threads, 3 * H * (I + H) * sizeof(floating))
     per_block = _ceil_div(B, n_blocks)
     n_blocks = _ceil_div(B, per_block)
@@ -2521,9 +2523,8 @@ def step_forward(x, h, _StepWeights prepared, bint reset_after,
             if n_threads is None:
                 from ._threads import get_num_threads
                 n_threads = get_num_threads()
-            if (n_threads > 1
-                    and 6.0 * B * L * H * (I + H) >= _step_serial_flops):
-                threads = n_threads
+            threads = _use_threads(B, L, I, H, n_threads,
+                                   _step_serial_flops)
         n_chunks = min(threads, _ceil_div(B, NG_SG))
         per_chunk = _ceil_div(_ceil_div(B, n_chunks), NG_SG) * NG_SG
         n_chunks = _ceil_div(B, per_chunk)
@@ -2905,7 +2906,7 @@ def layer_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
     for b in range(B):
         max_len = max(max_len, lengths[b])
 
-    n_threads = _use_threads(B, T, I, H, n_threads)
+    n_threads = _use_threads(B, T, I, H, n_threads, _serial_flops)
     n_blocks = _n_blocks(B, n_threads, 3 * H * (I + H) * sizeof(floating))
     per_block = _ceil_div(B, n_blocks)
     n_blocks = _ceil_div(B, per_block)

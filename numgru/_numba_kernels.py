@@ -3404,6 +3404,12 @@ _SERIAL_BATCH = 4
 _STEP_SERIAL_WORK = 1 << 18
 
 
+def _step_serial(B, I, H):
+    """Whether a step of one layer (B samples, I inputs, H hidden units)
+    runs on the calling thread whatever the thread count (same bits)."""
+    return B <= _SERIAL_BATCH or B * H * (I + H) < _STEP_SERIAL_WORK
+
+
 class _StepWeights:
     """Where :func:`step_forward` finds the weights, and what it found there.
 
@@ -3512,8 +3518,7 @@ def _run_layer(x, h, layer, h_new, layers, reset_after, n_threads, check):
     args = layers[layer]
     B = len(x)
     I, H = args[4], args[5]
-    if (B > _SERIAL_BATCH and n_threads > 1
-            and B * H * (I + H) >= _STEP_SERIAL_WORK):
+    if n_threads > 1 and not _step_serial(B, I, H):
         if not _step_at(x, h, layer, h_new, *args, reset_after, check,
                         False):
             return False
@@ -3642,9 +3647,9 @@ def step_forward(x, h, prepared, reset_after, n_threads=None):
     reset_after = bool(reset_after)
     B = len(x)
     if B <= _SERIAL_BATCH or (
-            n_layers == 1
-            and B * hidden * (x.shape[1] + hidden) < _STEP_SERIAL_WORK):
-        # a layer _run_layer would run on the calling thread anyway
+            n_layers == 1 and _step_serial(B, x.shape[1], hidden)):
+        # a layer _run_layer would run on the calling thread anyway (the
+        # batch test first: it alone decides a one-sample step)
         n_threads = 1
     elif n_threads is None:
         from ._threads import get_num_threads
