@@ -2917,7 +2917,8 @@ def _step_dots_samples4(out, o, w, r, nr, a, s0, w2, a2, s02, with2):
     # samples' partial vectors are loaded once, before the rows (loading
     # them at every row made the step 0.8x as fast as one sample at a time
     # at B, I, H = 8, 8, 32). Rows of whole lane vectors run in a loop of
-    # their own, untouched by the partial ones.
+    # their own, untouched by the partial ones: sharing the general loop,
+    # they ran 0.97x to 0.99x as fast in seven side-by-side runs.
     lanes = _lanes_count(w)
     tail = w.shape[1] % lanes != 0
     tail2 = with2 and w2.shape[1] % lanes != 0
