@@ -398,48 +398,87 @@ cdef extern from *:
 
     /* float32 tanh as a rational function (odd degree 13 over even degree 6)
        of the clamped argument; max abs error about 2e-7 on the whole line.
-       Written without branches so that it vectorises. */
-    #define NG_TANH_F32(x_in, out)                                             \
+       Written without branches so that it vectorises. Each Horner step is
+       MADD(a, b, c) = a * b + c: a fused multiply-add in the vector code
+       (the Numba kernels' bits), a multiply then an add in the baseline
+       code. */
+    #define NG_TANH_F32(x_in, out, MADD)                                       \
         do {                                                                   \
             float x = (x_in);                                                  \
             x = x < 7.90531110763549805f ? x : 7.90531110763549805f;           \
             x = x > -7.90531110763549805f ? x : -7.90531110763549805f;         \
             float x2 = x * x;                                                  \
-            float p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;     \
-            p = p * x2 + -8.60467152213735e-11f;                               \
-            p = p * x2 + 5.12229709037114e-08f;                                \
-            p = p * x2 + 1.48572235717979e-05f;                                \
-            p = p * x2 + 6.37261928875436e-04f;                                \
-            p = p * x2 + 4.89352455891786e-03f;                                \
+            float p = MADD(x2, -2.76076847742355e-16f, 2.00018790482477e-13f); \
+            p = MADD(p, x2, -8.60467152213735e-11f);                           \
+            p = MADD(p, x2, 5.12229709037114e-08f);                            \
+            p = MADD(p, x2, 1.48572235717979e-05f);                            \
+            p = MADD(p, x2, 6.37261928875436e-04f);                            \
+            p = MADD(p, x2, 4.89352455891786e-03f);                            \
             p = p * x;                                                         \
-            float q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;      \
-            q = q * x2 + 2.26843463243900e-03f;                                \
-            q = q * x2 + 4.89352518554385e-03f;                                \
+            float q = MADD(x2, 1.19825839466702e-06f, 1.18534705686654e-04f); \
+            q = MADD(q, x2, 2.26843463243900e-03f);                            \
+            q = MADD(q, x2, 4.89352518554385e-03f);                            \
             (out) = p / q;                                                     \
         } while (0)
 
     /* float32 sigmoid: 1 / (1 + exp(-x)) = (1 + tanh(x/2)) / 2 */
-    #define NG_SIGMOID_F32(x_in, out)                                          \
+    #define NG_SIGMOID_F32(x_in, out, MADD)                                    \
         do {                                                                   \
             float t_;                                                          \
-            NG_TANH_F32(0.5f * (x_in), t_);                                    \
-            (out) = 0.5f + 0.5f * t_;                                          \
+            NG_TANH_F32(0.5f * (x_in), t_, MADD);                              \
+            (out) = MADD(0.5f, t_, 0.5f);                                      \
         } while (0)
+    #define NG_FMAF_ACT(a, b, c) __builtin_fmaf(a, b, c)
 
     /* v[i] = tanh(v[i]) and v[i] = sigmoid(v[i]) */
-    #define NG_DEFINE_ACT_F32(SUF, ATTR)                                       \
+    #define NG_DEFINE_ACT_F32(SUF, ATTR, MADD)                                 \
     ATTR static void ng_tanh_float_##SUF(ptrdiff_t n, float *v)                \
     {                                                                          \
-        for (ptrdiff_t i = 0; i < n; i++) NG_TANH_F32(v[i], v[i]);             \
+        for (ptrdiff_t i = 0; i < n; i++) NG_TANH_F32(v[i], v[i], MADD);       \
     }                                                                          \
     ATTR static void ng_sigmoid_float_##SUF(ptrdiff_t n, float *v)             \
     {                                                                          \
-        for (ptrdiff_t i = 0; i < n; i++) NG_SIGMOID_F32(v[i], v[i]);          \
+        for (ptrdiff_t i = 0; i < n; i++) NG_SIGMOID_F32(v[i], v[i], MADD);    \
     }
-    NG_DEFINE_ACT_F32(base, NG_ATTR_BASE)
+    NG_DEFINE_ACT_F32(base, NG_ATTR_BASE, NG_MADD_PLAIN)
     #if NG_DISPATCH
-    NG_DEFINE_ACT_F32(v3, NG_ATTR_V3)
-    NG_DEFINE_ACT_F32(v4, NG_ATTR_V4)
+    NG_DEFINE_ACT_F32(v3, NG_ATTR_V3, NG_FMAF_ACT)
+    NG_DEFINE_ACT_F32(v4, NG_ATTR_V4, NG_FMAF_ACT)
+    #endif
+
+    /* The reset-after forward step of one sample from gi = W_ih x + b_ih and
+       gh = W_hh h + b_hh (3H each): h_new into out (H,) and [r, z, n, hn]
+       into g (4H,), in one pass (the stores of g, a row of the training
+       cache, spread among the arithmetic). The same operations in the same
+       order as ng_add, ng_sigmoid_*, ng_addmul, ng_tanh_* and ng_hnew, so
+       the same bits; SIGMOID and TANH(x, out, MADD) set out to the
+       activation of x for the type T. */
+    #define NG_DEFINE_FWD_AFTER(NAME, ATTR, T, SIGMOID, TANH, MADD)            \
+    ATTR static void NAME(ptrdiff_t H,                                         \
+        const T *__restrict gi, const T *__restrict gh,                        \
+        const T *__restrict h, T *__restrict out, T *__restrict g)             \
+    {                                                                          \
+        const T one = 1;                                                       \
+        for (ptrdiff_t j = 0; j < H; j++) {                                    \
+            T r, z, n;                                                         \
+            SIGMOID(gi[j] + gh[j], r, MADD);                                   \
+            SIGMOID(gi[H + j] + gh[H + j], z, MADD);                           \
+            const T hn = gh[2 * H + j];                                        \
+            TANH(gi[2 * H + j] + r * hn, n, MADD);                             \
+            out[j] = (one - z) * n + z * h[j];                                 \
+            g[j] = r;                                                          \
+            g[H + j] = z;                                                      \
+            g[2 * H + j] = n;                                                  \
+            g[3 * H + j] = hn;                                                 \
+        }                                                                      \
+    }
+    NG_DEFINE_FWD_AFTER(ng_fwd_after_float_base, NG_ATTR_BASE, float,
+                        NG_SIGMOID_F32, NG_TANH_F32, NG_MADD_PLAIN)
+    #if NG_DISPATCH
+    NG_DEFINE_FWD_AFTER(ng_fwd_after_float_v3, NG_ATTR_V3, float,
+                        NG_SIGMOID_F32, NG_TANH_F32, NG_FMAF_ACT)
+    NG_DEFINE_FWD_AFTER(ng_fwd_after_float_v4, NG_ATTR_V4, float,
+                        NG_SIGMOID_F32, NG_TANH_F32, NG_FMAF_ACT)
     #endif
 
     static void ng_tanh_double(ptrdiff_t n, double *v)
@@ -674,6 +713,9 @@ cdef extern from *:
     static ng_gemm_double_t ng_gemm_double = ng_gemm_double_base;
     static ng_act_float_t ng_tanh_float = ng_tanh_float_base;
     static ng_act_float_t ng_sigmoid_float = ng_sigmoid_float_base;
+    typedef void (*ng_fwd_after_float_t)(ptrdiff_t, const float *,
+        const float *, const float *, float *, float *);
+    static ng_fwd_after_float_t ng_fwd_after_float = ng_fwd_after_float_base;
 
     /* CPU support for level 2 (AVX-512), 1 (AVX2 + FMA); 0 always works */
     static int ng_cpu_supports(int level)
@@ -702,6 +744,7 @@ cdef extern from *:
         ng_gemm_double = ng_gemm_double_base;
         ng_tanh_float = ng_tanh_float_base;
         ng_sigmoid_float = ng_sigmoid_float_base;
+        ng_fwd_after_float = ng_fwd_after_float_base;
         ng_gemm_nt_float = ng_gemm_nt_float_base;
         ng_gemm_nt_double = ng_gemm_nt_double_base;
         ng_transpose_float = ng_transpose_float_base;
@@ -713,6 +756,7 @@ cdef extern from *:
             ng_gemm_double = ng_gemm_double_v3;
             ng_tanh_float = ng_tanh_float_v3;
             ng_sigmoid_float = ng_sigmoid_float_v3;
+            ng_fwd_after_float = ng_fwd_after_float_v3;
         } else if (level == 2) {
             ng_gemm_nt_float = ng_gemm_nt_float_v4;
             ng_gemm_nt_double = ng_gemm_nt_double_v4;
@@ -721,6 +765,7 @@ cdef extern from *:
             ng_gemm_double = ng_gemm_double_v4;
             ng_tanh_float = ng_tanh_float_v4;
             ng_sigmoid_float = ng_sigmoid_float_v4;
+            ng_fwd_after_float = ng_fwd_after_float_v4;
         }
     #endif
         return level;
@@ -807,36 +852,11 @@ cdef extern from *:
     NG_DEFINE_ELEMENTWISE(float)
     NG_DEFINE_ELEMENTWISE(double)
 
-    /* The reset-after forward step of one sample from gi = W_ih x + b_ih and
-       gh = W_hh h + b_hh (3H each): h_new into out (H,) and [r, z, n, hn]
-       into g (4H,), in one pass (the stores of g, a row of the training
-       cache, spread among the arithmetic). The same operations in the same
-       order as ng_add, ng_sigmoid_*, ng_addmul, ng_tanh_* and ng_hnew, so
-       the same bits; SIGMOID and TANH(x, out) set out to the activation of
-       x for the type T. */
-    #define NG_DEFINE_FWD_AFTER(T, SIGMOID, TANH)                              \
-    NG_CLONES static void ng_fwd_after_##T(ptrdiff_t H,                        \
-        const T *__restrict gi, const T *__restrict gh,                        \
-        const T *__restrict h, T *__restrict out, T *__restrict g)             \
-    {                                                                          \
-        const T one = 1;                                                       \
-        for (ptrdiff_t j = 0; j < H; j++) {                                    \
-            T r, z, n;                                                         \
-            SIGMOID(gi[j] + gh[j], r);                                         \
-            SIGMOID(gi[H + j] + gh[H + j], z);                                 \
-            const T hn = gh[2 * H + j];                                        \
-            TANH(gi[2 * H + j] + r * hn, n);                                   \
-            out[j] = (one - z) * n + z * h[j];                                 \
-            g[j] = r;                                                          \
-            g[H + j] = z;                                                      \
-            g[2 * H + j] = n;                                                  \
-            g[3 * H + j] = hn;                                                 \
-        }                                                                      \
-    }
-    #define NG_SIGMOID_F64(x_in, out) ((out) = ng_sigmoid_f64(x_in))
-    #define NG_TANH_F64(x_in, out) ((out) = tanh(x_in))
-    NG_DEFINE_FWD_AFTER(float, NG_SIGMOID_F32, NG_TANH_F32)
-    NG_DEFINE_FWD_AFTER(double, NG_SIGMOID_F64, NG_TANH_F64)
+    /* float64: the C library's functions (MADD unused) */
+    #define NG_SIGMOID_F64(x_in, out, MADD) ((out) = ng_sigmoid_f64(x_in))
+    #define NG_TANH_F64(x_in, out, MADD) ((out) = tanh(x_in))
+    NG_DEFINE_FWD_AFTER(ng_fwd_after_double, NG_CLONES, double,
+                        NG_SIGMOID_F64, NG_TANH_F64, NG_MADD_PLAIN)
     """
     int NG_OPENMP
     void ng_gemm_float(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,

@@ -127,12 +127,29 @@ _needs_lock = False
 
 @intrinsic
 def _fma(typingctx, a, b, c):
-    """a * b + c rounded once (llvm.fma), the same in vector and scalar code."""
+    """a * b + c rounded once (llvm.fma): of three scalars of one float type,
+    or lane by lane when some operands are vectors (``_Vector``), a scalar
+    operand then standing for every lane. The same in vector and scalar
+    code."""
     if isinstance(a, types.Float) and a == b and a == c:
         def codegen(context, builder, signature, args):
             return builder.fma(*args)
         return a(a, b, c), codegen
-    return None
+    vecty = next((t for t in (a, b, c) if isinstance(t, _Vector)), None)
+    if vecty is None or not all(t == vecty or t == vecty.dtype
+                                for t in (a, b, c)):
+        return None
+
+    def vector_codegen(context, builder, signature, args):
+        vt = context.get_value_type(vecty)
+        operands = [value if isinstance(ty, _Vector) else
+                    _splat(builder, value, vt)
+                    for value, ty in zip(args, signature.args)]
+        name = f"llvm.fma.v{vecty.count}f{vecty.dtype.bitwidth}"
+        fma = cgutils.get_or_insert_function(
+            builder.module, ll_ir.FunctionType(vt, [vt] * 3), name)
+        return builder.call(fma, operands)
+    return vecty(a, b, c), vector_codegen
 
 
 def _unit(x):
@@ -191,19 +208,22 @@ def _unit_impl(x):
 @njit(inline="always", error_model="numpy")
 def _tanh_f32(x):
     # rational approximation on [-9, 9], result clipped to [-1, 1] so that
-    # large |x| (and +-inf) give exactly +-1
+    # large |x| (and +-inf) give exactly +-1. Each Horner step is one fused
+    # multiply-add: a chain of fma latencies instead of a multiply's plus an
+    # add's (the Cython kernels' vector code does the same, for the same
+    # bits)
     v = min(max(x, -_T_CLAMP), _T_CLAMP)
     v2 = v * v
-    p = v2 * _T_A13 + _T_A11
-    p = p * v2 + _T_A9
-    p = p * v2 + _T_A7
-    p = p * v2 + _T_A5
-    p = p * v2 + _T_A3
-    p = p * v2 + _T_A1
+    p = _fma(v2, _T_A13, _T_A11)
+    p = _fma(p, v2, _T_A9)
+    p = _fma(p, v2, _T_A7)
+    p = _fma(p, v2, _T_A5)
+    p = _fma(p, v2, _T_A3)
+    p = _fma(p, v2, _T_A1)
     p = p * v
-    q = v2 * _T_B6 + _T_B4
-    q = q * v2 + _T_B2
-    q = q * v2 + _T_B0
+    q = _fma(v2, _T_B6, _T_B4)
+    q = _fma(q, v2, _T_B2)
+    q = _fma(q, v2, _T_B0)
     return min(max(p / q, -_F32_ONE), _F32_ONE)
 
 
@@ -219,7 +239,7 @@ def _tanh_impl(x):
 @overload(_sigmoid, jit_options=dict(error_model="numpy"))
 def _sigmoid_impl(x):
     if _is_f32(x):
-        return lambda x: _F32_HALF + _F32_HALF * _tanh_f32(_F32_HALF * x)
+        return lambda x: _fma(_F32_HALF, _tanh_f32(_F32_HALF * x), _F32_HALF)
     if isinstance(x, _Vector):
         return _lanewise(_sigmoid_f64, x.count)
     return lambda x: _sigmoid_f64(x)
@@ -404,22 +424,6 @@ def _vtranspose(typingctx, src, i, j, dst, k, l):
 
 
 @intrinsic
-def _vfma(typingctx, s, b, c):
-    """s * b + c lane by lane, rounded once (llvm.fma), for a scalar s."""
-    if not (isinstance(b, _Vector) and b == c and s == b.dtype):
-        return None
-
-    def codegen(context, builder, signature, args):
-        vt = args[1].type
-        splat = _splat(builder, args[0], vt)
-        name = f"llvm.fma.v{vt.count}f{b.dtype.bitwidth}"
-        fma = cgutils.get_or_insert_function(
-            builder.module, ll_ir.FunctionType(vt, [vt, vt, vt]), name)
-        return builder.call(fma, [splat, args[1], args[2]])
-    return b(s, b, c), codegen
-
-
-@intrinsic
 def _lanes(typingctx, a):
     """Values per vector for the dtype of the array ``a`` (a constant)."""
     if not (_is_float_matrix(a) or _is_float_vector(a)):
@@ -438,12 +442,13 @@ def _is_float_vector(a):
 
 # The gates of a step go through four vectors at a time as one LLVM vector
 # of four times the lanes (a group): each operation on it becomes four
-# independent instructions in a row. A tanh or sigmoid is a chain of about
-# 25 dependent operations, and one vector at a time left the chains of
-# later vectors waiting in the scheduler behind the first ones; in a group
-# the four chains advance together. Same operations on every lane, so the
-# same bits. More than four chains at once spill AVX2's 16 registers.
-# Measured on a Zen 3 (AVX2), float32: the gates of 16 samples 1.25x to
+# independent instructions in a row. A tanh or sigmoid is a chain of 13 to
+# 15 dependent operations (19 to 21 before its Horner steps were fused),
+# and one vector at a time left the chains of later vectors waiting in the
+# scheduler behind the first ones; in a group the four chains advance
+# together. Same operations on every lane, so the same bits. More than four
+# chains at once spill AVX2's 16 registers. Measured on a Zen 3 (AVX2),
+# float32, with unfused Horner steps: the gates of 16 samples 1.25x to
 # 1.3x faster at H = 32 and 128; a layer's forward over a 16-sample block,
 # one thread, 1.06x faster at (T, I, H) = (50, 8, 32), 1.04x at (100, 1,
 # 64), 1.02x at (100, 32, 128), 1.01x at (20, 50, 128).
@@ -708,29 +713,29 @@ def _panel2(A, ia, ka, W, kw, kn, wn, C, ic, cn, na, S, iS):
             b0 = _vload(W, kw + k, wn)
             b1 = _vload(W, kw + k, wn + L)
             s = _sload(A, r0, ka + k)
-            x00 = _vfma(s, b0, x00)
-            x01 = _vfma(s, b1, x01)
+            x00 = _fma(s, b0, x00)
+            x01 = _fma(s, b1, x01)
             s = _sload(A, r1, ka + k)
-            x10 = _vfma(s, b0, x10)
-            x11 = _vfma(s, b1, x11)
+            x10 = _fma(s, b0, x10)
+            x11 = _fma(s, b1, x11)
             s = _sload(A, r2, ka + k)
-            x20 = _vfma(s, b0, x20)
-            x21 = _vfma(s, b1, x21)
+            x20 = _fma(s, b0, x20)
+            x21 = _fma(s, b1, x21)
             s = _sload(A, r3, ka + k)
-            x30 = _vfma(s, b0, x30)
-            x31 = _vfma(s, b1, x31)
+            x30 = _fma(s, b0, x30)
+            x31 = _fma(s, b1, x31)
             s = _sload(A, r4, ka + k)
-            x40 = _vfma(s, b0, x40)
-            x41 = _vfma(s, b1, x41)
+            x40 = _fma(s, b0, x40)
+            x41 = _fma(s, b1, x41)
             s = _sload(A, r5, ka + k)
-            x50 = _vfma(s, b0, x50)
-            x51 = _vfma(s, b1, x51)
+            x50 = _fma(s, b0, x50)
+            x51 = _fma(s, b1, x51)
             s = _sload(A, r6, ka + k)
-            x60 = _vfma(s, b0, x60)
-            x61 = _vfma(s, b1, x61)
+            x60 = _fma(s, b0, x60)
+            x61 = _fma(s, b1, x61)
             s = _sload(A, r7, ka + k)
-            x70 = _vfma(s, b0, x70)
-            x71 = _vfma(s, b1, x71)
+            x70 = _fma(s, b0, x70)
+            x71 = _fma(s, b1, x71)
         _vstore(C, q0, cn, x00)
         _vstore(C, q0, cn + L, x01)
         _vstore(C, q1, cn, x10)
@@ -773,20 +778,20 @@ def _panel2(A, ia, ka, W, kw, kn, wn, C, ic, cn, na, S, iS):
             b0 = _vload(W, kw + k, wn)
             b1 = _vload(W, kw + k, wn + L)
             s = _sload(A, r0, ka + k)
-            x00 = _vfma(s, b0, x00)
-            x01 = _vfma(s, b1, x01)
+            x00 = _fma(s, b0, x00)
+            x01 = _fma(s, b1, x01)
             s = _sload(A, r1, ka + k)
-            x10 = _vfma(s, b0, x10)
-            x11 = _vfma(s, b1, x11)
+            x10 = _fma(s, b0, x10)
+            x11 = _fma(s, b1, x11)
             s = _sload(A, r2, ka + k)
-            x20 = _vfma(s, b0, x20)
-            x21 = _vfma(s, b1, x21)
+            x20 = _fma(s, b0, x20)
+            x21 = _fma(s, b1, x21)
             s = _sload(A, r3, ka + k)
-            x30 = _vfma(s, b0, x30)
-            x31 = _vfma(s, b1, x31)
+            x30 = _fma(s, b0, x30)
+            x31 = _fma(s, b1, x31)
             s = _sload(A, r4, ka + k)
-            x40 = _vfma(s, b0, x40)
-            x41 = _vfma(s, b1, x41)
+            x40 = _fma(s, b0, x40)
+            x41 = _fma(s, b1, x41)
         _vstore(C, q0, cn, x00)
         _vstore(C, q0, cn + L, x01)
         _vstore(C, q1, cn, x10)
@@ -819,17 +824,17 @@ def _panel2(A, ia, ka, W, kw, kn, wn, C, ic, cn, na, S, iS):
             b0 = _vload(W, kw + k, wn)
             b1 = _vload(W, kw + k, wn + L)
             s = _sload(A, r0, ka + k)
-            x00 = _vfma(s, b0, x00)
-            x01 = _vfma(s, b1, x01)
+            x00 = _fma(s, b0, x00)
+            x01 = _fma(s, b1, x01)
             s = _sload(A, r1, ka + k)
-            x10 = _vfma(s, b0, x10)
-            x11 = _vfma(s, b1, x11)
+            x10 = _fma(s, b0, x10)
+            x11 = _fma(s, b1, x11)
             s = _sload(A, r2, ka + k)
-            x20 = _vfma(s, b0, x20)
-            x21 = _vfma(s, b1, x21)
+            x20 = _fma(s, b0, x20)
+            x21 = _fma(s, b1, x21)
             s = _sload(A, r3, ka + k)
-            x30 = _vfma(s, b0, x30)
-            x31 = _vfma(s, b1, x31)
+            x30 = _fma(s, b0, x30)
+            x31 = _fma(s, b1, x31)
         _vstore(C, q0, cn, x00)
         _vstore(C, q0, cn + L, x01)
         _vstore(C, q1, cn, x10)
@@ -846,8 +851,8 @@ def _panel2(A, ia, ka, W, kw, kn, wn, C, ic, cn, na, S, iS):
         x01 = _vload(S, iS[a], cn + L)
         for k in range(kn):
             s = _sload(A, r0, ka + k)
-            x00 = _vfma(s, _vload(W, kw + k, wn), x00)
-            x01 = _vfma(s, _vload(W, kw + k, wn + L), x01)
+            x00 = _fma(s, _vload(W, kw + k, wn), x00)
+            x01 = _fma(s, _vload(W, kw + k, wn + L), x01)
         _vstore(C, q0, cn, x00)
         _vstore(C, q0, cn + L, x01)
         a += 1
@@ -877,14 +882,14 @@ def _panel1(A, ia, ka, W, kw, kn, wn, C, ic, cn, na, S, iS):
         x7 = _vload(S, iS[a + 7], cn)
         for k in range(kn):
             b0 = _vload(W, kw + k, wn)
-            x0 = _vfma(_sload(A, r0, ka + k), b0, x0)
-            x1 = _vfma(_sload(A, r1, ka + k), b0, x1)
-            x2 = _vfma(_sload(A, r2, ka + k), b0, x2)
-            x3 = _vfma(_sload(A, r3, ka + k), b0, x3)
-            x4 = _vfma(_sload(A, r4, ka + k), b0, x4)
-            x5 = _vfma(_sload(A, r5, ka + k), b0, x5)
-            x6 = _vfma(_sload(A, r6, ka + k), b0, x6)
-            x7 = _vfma(_sload(A, r7, ka + k), b0, x7)
+            x0 = _fma(_sload(A, r0, ka + k), b0, x0)
+            x1 = _fma(_sload(A, r1, ka + k), b0, x1)
+            x2 = _fma(_sload(A, r2, ka + k), b0, x2)
+            x3 = _fma(_sload(A, r3, ka + k), b0, x3)
+            x4 = _fma(_sload(A, r4, ka + k), b0, x4)
+            x5 = _fma(_sload(A, r5, ka + k), b0, x5)
+            x6 = _fma(_sload(A, r6, ka + k), b0, x6)
+            x7 = _fma(_sload(A, r7, ka + k), b0, x7)
         _vstore(C, ic[a], cn, x0)
         _vstore(C, ic[a + 1], cn, x1)
         _vstore(C, ic[a + 2], cn, x2)
@@ -905,10 +910,10 @@ def _panel1(A, ia, ka, W, kw, kn, wn, C, ic, cn, na, S, iS):
         x3 = _vload(S, iS[a + 3], cn)
         for k in range(kn):
             b0 = _vload(W, kw + k, wn)
-            x0 = _vfma(_sload(A, r0, ka + k), b0, x0)
-            x1 = _vfma(_sload(A, r1, ka + k), b0, x1)
-            x2 = _vfma(_sload(A, r2, ka + k), b0, x2)
-            x3 = _vfma(_sload(A, r3, ka + k), b0, x3)
+            x0 = _fma(_sload(A, r0, ka + k), b0, x0)
+            x1 = _fma(_sload(A, r1, ka + k), b0, x1)
+            x2 = _fma(_sload(A, r2, ka + k), b0, x2)
+            x3 = _fma(_sload(A, r3, ka + k), b0, x3)
         _vstore(C, ic[a], cn, x0)
         _vstore(C, ic[a + 1], cn, x1)
         _vstore(C, ic[a + 2], cn, x2)
@@ -918,7 +923,7 @@ def _panel1(A, ia, ka, W, kw, kn, wn, C, ic, cn, na, S, iS):
         r0 = ia[a]
         x0 = _vload(S, iS[a], cn)
         for k in range(kn):
-            x0 = _vfma(_sload(A, r0, ka + k), _vload(W, kw + k, wn), x0)
+            x0 = _fma(_sload(A, r0, ka + k), _vload(W, kw + k, wn), x0)
         _vstore(C, ic[a], cn, x0)
         a += 1
 
@@ -978,14 +983,14 @@ def _row_tiles4(A, r, ka, Wp, t0, kw, kn, C, q, cn, S, s_row):
     x7 = _vload(S, s_row, cn + 7 * L)
     for k in range(kn):
         s = _sload(A, r, ka + k)
-        x0 = _vfma(s, _vload(W0, kw + k, 0), x0)
-        x1 = _vfma(s, _vload(W0, kw + k, L), x1)
-        x2 = _vfma(s, _vload(W1, kw + k, 0), x2)
-        x3 = _vfma(s, _vload(W1, kw + k, L), x3)
-        x4 = _vfma(s, _vload(W2, kw + k, 0), x4)
-        x5 = _vfma(s, _vload(W2, kw + k, L), x5)
-        x6 = _vfma(s, _vload(W3, kw + k, 0), x6)
-        x7 = _vfma(s, _vload(W3, kw + k, L), x7)
+        x0 = _fma(s, _vload(W0, kw + k, 0), x0)
+        x1 = _fma(s, _vload(W0, kw + k, L), x1)
+        x2 = _fma(s, _vload(W1, kw + k, 0), x2)
+        x3 = _fma(s, _vload(W1, kw + k, L), x3)
+        x4 = _fma(s, _vload(W2, kw + k, 0), x4)
+        x5 = _fma(s, _vload(W2, kw + k, L), x5)
+        x6 = _fma(s, _vload(W3, kw + k, 0), x6)
+        x7 = _fma(s, _vload(W3, kw + k, L), x7)
     _vstore(C, q, cn, x0)
     _vstore(C, q, cn + L, x1)
     _vstore(C, q, cn + 2 * L, x2)
@@ -1008,10 +1013,10 @@ def _row_tiles2(A, r, ka, Wp, t0, kw, kn, C, q, cn, S, s_row):
     x3 = _vload(S, s_row, cn + 3 * L)
     for k in range(kn):
         s = _sload(A, r, ka + k)
-        x0 = _vfma(s, _vload(W0, kw + k, 0), x0)
-        x1 = _vfma(s, _vload(W0, kw + k, L), x1)
-        x2 = _vfma(s, _vload(W1, kw + k, 0), x2)
-        x3 = _vfma(s, _vload(W1, kw + k, L), x3)
+        x0 = _fma(s, _vload(W0, kw + k, 0), x0)
+        x1 = _fma(s, _vload(W0, kw + k, L), x1)
+        x2 = _fma(s, _vload(W1, kw + k, 0), x2)
+        x3 = _fma(s, _vload(W1, kw + k, L), x3)
     _vstore(C, q, cn, x0)
     _vstore(C, q, cn + L, x1)
     _vstore(C, q, cn + 2 * L, x2)
@@ -1249,17 +1254,17 @@ def _outer_panel(A, c, X, xk, ra, rx, r_lo, r_hi, D, j, dk, two):
             u0 = _vload(X, qx, xk)
             u1 = _vload(X, qx, xk + L)
             s = _sload(A, qa, c)
-            x00 = _vfma(s, u0, x00)
-            x01 = _vfma(s, u1, x01)
+            x00 = _fma(s, u0, x00)
+            x01 = _fma(s, u1, x01)
             s = _sload(A, qa, c + 1)
-            x10 = _vfma(s, u0, x10)
-            x11 = _vfma(s, u1, x11)
+            x10 = _fma(s, u0, x10)
+            x11 = _fma(s, u1, x11)
             s = _sload(A, qa, c + 2)
-            x20 = _vfma(s, u0, x20)
-            x21 = _vfma(s, u1, x21)
+            x20 = _fma(s, u0, x20)
+            x21 = _fma(s, u1, x21)
             s = _sload(A, qa, c + 3)
-            x30 = _vfma(s, u0, x30)
-            x31 = _vfma(s, u1, x31)
+            x30 = _fma(s, u0, x30)
+            x31 = _fma(s, u1, x31)
         _vstore(D, j, dk + L, x01)
         _vstore(D, j + 1, dk + L, x11)
         _vstore(D, j + 2, dk + L, x21)
@@ -1269,10 +1274,10 @@ def _outer_panel(A, c, X, xk, ra, rx, r_lo, r_hi, D, j, dk, two):
             qa = ra[r]
             qx = rx[r]
             u0 = _vload(X, qx, xk)
-            x00 = _vfma(_sload(A, qa, c), u0, x00)
-            x10 = _vfma(_sload(A, qa, c + 1), u0, x10)
-            x20 = _vfma(_sload(A, qa, c + 2), u0, x20)
-            x30 = _vfma(_sload(A, qa, c + 3), u0, x30)
+            x00 = _fma(_sload(A, qa, c), u0, x00)
+            x10 = _fma(_sload(A, qa, c + 1), u0, x10)
+            x20 = _fma(_sload(A, qa, c + 2), u0, x20)
+            x30 = _fma(_sload(A, qa, c + 3), u0, x30)
     _vstore(D, j, dk, x00)
     _vstore(D, j + 1, dk, x10)
     _vstore(D, j + 2, dk, x20)
@@ -1305,29 +1310,29 @@ def _outer_packed8(Ap, a0, Xp, rn, D, j, dk):
         u0 = _vload(Xp, r, 0)
         u1 = _vload(Xp, r, L)
         s = _sload(Ap, r, a0 + 0)
-        x00 = _vfma(s, u0, x00)
-        x01 = _vfma(s, u1, x01)
+        x00 = _fma(s, u0, x00)
+        x01 = _fma(s, u1, x01)
         s = _sload(Ap, r, a0 + 1)
-        x10 = _vfma(s, u0, x10)
-        x11 = _vfma(s, u1, x11)
+        x10 = _fma(s, u0, x10)
+        x11 = _fma(s, u1, x11)
         s = _sload(Ap, r, a0 + 2)
-        x20 = _vfma(s, u0, x20)
-        x21 = _vfma(s, u1, x21)
+        x20 = _fma(s, u0, x20)
+        x21 = _fma(s, u1, x21)
         s = _sload(Ap, r, a0 + 3)
-        x30 = _vfma(s, u0, x30)
-        x31 = _vfma(s, u1, x31)
+        x30 = _fma(s, u0, x30)
+        x31 = _fma(s, u1, x31)
         s = _sload(Ap, r, a0 + 4)
-        x40 = _vfma(s, u0, x40)
-        x41 = _vfma(s, u1, x41)
+        x40 = _fma(s, u0, x40)
+        x41 = _fma(s, u1, x41)
         s = _sload(Ap, r, a0 + 5)
-        x50 = _vfma(s, u0, x50)
-        x51 = _vfma(s, u1, x51)
+        x50 = _fma(s, u0, x50)
+        x51 = _fma(s, u1, x51)
         s = _sload(Ap, r, a0 + 6)
-        x60 = _vfma(s, u0, x60)
-        x61 = _vfma(s, u1, x61)
+        x60 = _fma(s, u0, x60)
+        x61 = _fma(s, u1, x61)
         s = _sload(Ap, r, a0 + 7)
-        x70 = _vfma(s, u0, x70)
-        x71 = _vfma(s, u1, x71)
+        x70 = _fma(s, u0, x70)
+        x71 = _fma(s, u1, x71)
     _vstore(D, j + 0, dk, x00)
     _vstore(D, j + 0, dk + L, x01)
     _vstore(D, j + 1, dk, x10)
@@ -1363,17 +1368,17 @@ def _outer_packed4(Ap, a0, Xp, rn, D, j, dk):
         u0 = _vload(Xp, r, 0)
         u1 = _vload(Xp, r, L)
         s = _sload(Ap, r, a0 + 0)
-        x00 = _vfma(s, u0, x00)
-        x01 = _vfma(s, u1, x01)
+        x00 = _fma(s, u0, x00)
+        x01 = _fma(s, u1, x01)
         s = _sload(Ap, r, a0 + 1)
-        x10 = _vfma(s, u0, x10)
-        x11 = _vfma(s, u1, x11)
+        x10 = _fma(s, u0, x10)
+        x11 = _fma(s, u1, x11)
         s = _sload(Ap, r, a0 + 2)
-        x20 = _vfma(s, u0, x20)
-        x21 = _vfma(s, u1, x21)
+        x20 = _fma(s, u0, x20)
+        x21 = _fma(s, u1, x21)
         s = _sload(Ap, r, a0 + 3)
-        x30 = _vfma(s, u0, x30)
-        x31 = _vfma(s, u1, x31)
+        x30 = _fma(s, u0, x30)
+        x31 = _fma(s, u1, x31)
     _vstore(D, j + 0, dk, x00)
     _vstore(D, j + 0, dk + L, x01)
     _vstore(D, j + 1, dk, x10)
@@ -1403,20 +1408,20 @@ def _outer_packed5(Ap, a0, Xp, rn, D, j, dk):
         u0 = _vload(Xp, r, 0)
         u1 = _vload(Xp, r, L)
         s = _sload(Ap, r, a0 + 0)
-        x00 = _vfma(s, u0, x00)
-        x01 = _vfma(s, u1, x01)
+        x00 = _fma(s, u0, x00)
+        x01 = _fma(s, u1, x01)
         s = _sload(Ap, r, a0 + 1)
-        x10 = _vfma(s, u0, x10)
-        x11 = _vfma(s, u1, x11)
+        x10 = _fma(s, u0, x10)
+        x11 = _fma(s, u1, x11)
         s = _sload(Ap, r, a0 + 2)
-        x20 = _vfma(s, u0, x20)
-        x21 = _vfma(s, u1, x21)
+        x20 = _fma(s, u0, x20)
+        x21 = _fma(s, u1, x21)
         s = _sload(Ap, r, a0 + 3)
-        x30 = _vfma(s, u0, x30)
-        x31 = _vfma(s, u1, x31)
+        x30 = _fma(s, u0, x30)
+        x31 = _fma(s, u1, x31)
         s = _sload(Ap, r, a0 + 4)
-        x40 = _vfma(s, u0, x40)
-        x41 = _vfma(s, u1, x41)
+        x40 = _fma(s, u0, x40)
+        x41 = _fma(s, u1, x41)
     _vstore(D, j + 0, dk, x00)
     _vstore(D, j + 0, dk + L, x01)
     _vstore(D, j + 1, dk, x10)
@@ -1440,7 +1445,7 @@ def _outer_row(A, c, X, xk0, nv, ra, rx, r_lo, r_hi, D, j, dk0):
         for r in range(r_lo, r_hi):
             qa = ra[r]
             qx = rx[r]
-            v = _vfma(_sload(A, qa, c), _vload(X, qx, xk0 + i), v)
+            v = _fma(_sload(A, qa, c), _vload(X, qx, xk0 + i), v)
         _vstore(D, j, dk0 + i, v)
 
 
@@ -1467,10 +1472,10 @@ def _outer_panel_t(A, c, X, xk, ni, ra, rx, r_lo, r_hi, D, j, dk, tmp):
         qa = ra[r]
         qx = rx[r]
         a = _vload(A, qa, c)
-        v0 = _vfma(_sload(X, qx, xk), a, v0)
-        v1 = _vfma(_sload(X, qx, x1), a, v1)
-        v2 = _vfma(_sload(X, qx, x2), a, v2)
-        v3 = _vfma(_sload(X, qx, x3), a, v3)
+        v0 = _fma(_sload(X, qx, xk), a, v0)
+        v1 = _fma(_sload(X, qx, x1), a, v1)
+        v2 = _fma(_sload(X, qx, x2), a, v2)
+        v3 = _fma(_sload(X, qx, x3), a, v3)
     _vstore(tmp, 0, 0, v0)
     _vstore(tmp, 1, 0, v1)
     _vstore(tmp, 2, 0, v2)
@@ -1672,29 +1677,29 @@ def _outer_t8(X, rx, xm, nm, A, ra, ac, r_lo, r_hi, DT, dm, dj, two):
             u0 = _vload(A, qa, ac)
             u1 = _vload(A, qa, ac + L)
             s = _sload(X, qx, xm)
-            y0 = _vfma(s, u0, y0)
-            z0 = _vfma(s, u1, z0)
+            y0 = _fma(s, u0, y0)
+            z0 = _fma(s, u1, z0)
             s = _sload(X, qx, xm + m1)
-            y1 = _vfma(s, u0, y1)
-            z1 = _vfma(s, u1, z1)
+            y1 = _fma(s, u0, y1)
+            z1 = _fma(s, u1, z1)
             s = _sload(X, qx, xm + m2)
-            y2 = _vfma(s, u0, y2)
-            z2 = _vfma(s, u1, z2)
+            y2 = _fma(s, u0, y2)
+            z2 = _fma(s, u1, z2)
             s = _sload(X, qx, xm + m3)
-            y3 = _vfma(s, u0, y3)
-            z3 = _vfma(s, u1, z3)
+            y3 = _fma(s, u0, y3)
+            z3 = _fma(s, u1, z3)
             s = _sload(X, qx, xm + m4)
-            y4 = _vfma(s, u0, y4)
-            z4 = _vfma(s, u1, z4)
+            y4 = _fma(s, u0, y4)
+            z4 = _fma(s, u1, z4)
             s = _sload(X, qx, xm + m5)
-            y5 = _vfma(s, u0, y5)
-            z5 = _vfma(s, u1, z5)
+            y5 = _fma(s, u0, y5)
+            z5 = _fma(s, u1, z5)
             s = _sload(X, qx, xm + m6)
-            y6 = _vfma(s, u0, y6)
-            z6 = _vfma(s, u1, z6)
+            y6 = _fma(s, u0, y6)
+            z6 = _fma(s, u1, z6)
             s = _sload(X, qx, xm + m7)
-            y7 = _vfma(s, u0, y7)
-            z7 = _vfma(s, u1, z7)
+            y7 = _fma(s, u0, y7)
+            z7 = _fma(s, u1, z7)
         _vstore(DT, dm, dj + L, z0)
         if nm > 1:
             _vstore(DT, dm + 1, dj + L, z1)
@@ -1715,14 +1720,14 @@ def _outer_t8(X, rx, xm, nm, A, ra, ac, r_lo, r_hi, DT, dm, dj, two):
             qa = ra[r]
             qx = rx[r]
             u0 = _vload(A, qa, ac)
-            y0 = _vfma(_sload(X, qx, xm), u0, y0)
-            y1 = _vfma(_sload(X, qx, xm + m1), u0, y1)
-            y2 = _vfma(_sload(X, qx, xm + m2), u0, y2)
-            y3 = _vfma(_sload(X, qx, xm + m3), u0, y3)
-            y4 = _vfma(_sload(X, qx, xm + m4), u0, y4)
-            y5 = _vfma(_sload(X, qx, xm + m5), u0, y5)
-            y6 = _vfma(_sload(X, qx, xm + m6), u0, y6)
-            y7 = _vfma(_sload(X, qx, xm + m7), u0, y7)
+            y0 = _fma(_sload(X, qx, xm), u0, y0)
+            y1 = _fma(_sload(X, qx, xm + m1), u0, y1)
+            y2 = _fma(_sload(X, qx, xm + m2), u0, y2)
+            y3 = _fma(_sload(X, qx, xm + m3), u0, y3)
+            y4 = _fma(_sload(X, qx, xm + m4), u0, y4)
+            y5 = _fma(_sload(X, qx, xm + m5), u0, y5)
+            y6 = _fma(_sload(X, qx, xm + m6), u0, y6)
+            y7 = _fma(_sload(X, qx, xm + m7), u0, y7)
     _vstore(DT, dm, dj, y0)
     if nm > 1:
         _vstore(DT, dm + 1, dj, y1)
@@ -2667,21 +2672,6 @@ def _lanes_load_tail(typingctx, a, i, j, n):
     return lanes(a, i, j, n), codegen
 
 
-@intrinsic
-def _lanes_fma(typingctx, a, b, c):
-    """a * b + c lane by lane, rounded once (llvm.fma)."""
-    if not (isinstance(a, _Vector) and a == b and a == c):
-        return None
-
-    def codegen(context, builder, signature, args):
-        vecty = args[0].type
-        name = f"llvm.fma.v{a.count}f{a.dtype.bitwidth}"
-        fma = cgutils.get_or_insert_function(
-            builder.module, ll_ir.FunctionType(vecty, [vecty] * 3), name)
-        return builder.call(fma, list(args))
-    return a(a, b, c), codegen
-
-
 def _tree_sums(builder, vectors, count):
     # the tree sums of equally long LLVM vectors (a power of two of them),
     # in order. Each vector is a list of segments, one per row; a stage adds
@@ -2742,10 +2732,10 @@ def _step_acc4(w, r0, r1, r2, r3, a, s, c0, c1, c2, c3):
     lanes = _lanes_count(w)
     for k in range(0, w.shape[1], lanes):
         v = _lanes_load(a, s, k)
-        c0 = _lanes_fma(_lanes_load(w, r0, k), v, c0)
-        c1 = _lanes_fma(_lanes_load(w, r1, k), v, c1)
-        c2 = _lanes_fma(_lanes_load(w, r2, k), v, c2)
-        c3 = _lanes_fma(_lanes_load(w, r3, k), v, c3)
+        c0 = _fma(_lanes_load(w, r0, k), v, c0)
+        c1 = _fma(_lanes_load(w, r1, k), v, c1)
+        c2 = _fma(_lanes_load(w, r2, k), v, c2)
+        c3 = _fma(_lanes_load(w, r3, k), v, c3)
     return c0, c1, c2, c3
 
 
@@ -2755,14 +2745,14 @@ def _step_acc8(w, r0, a, s, c0, c1, c2, c3, c4, c5, c6, c7):
     lanes = _lanes_count(w)
     for k in range(0, w.shape[1], lanes):
         v = _lanes_load(a, s, k)
-        c0 = _lanes_fma(_lanes_load(w, r0, k), v, c0)
-        c1 = _lanes_fma(_lanes_load(w, r0 + 1, k), v, c1)
-        c2 = _lanes_fma(_lanes_load(w, r0 + 2, k), v, c2)
-        c3 = _lanes_fma(_lanes_load(w, r0 + 3, k), v, c3)
-        c4 = _lanes_fma(_lanes_load(w, r0 + 4, k), v, c4)
-        c5 = _lanes_fma(_lanes_load(w, r0 + 5, k), v, c5)
-        c6 = _lanes_fma(_lanes_load(w, r0 + 6, k), v, c6)
-        c7 = _lanes_fma(_lanes_load(w, r0 + 7, k), v, c7)
+        c0 = _fma(_lanes_load(w, r0, k), v, c0)
+        c1 = _fma(_lanes_load(w, r0 + 1, k), v, c1)
+        c2 = _fma(_lanes_load(w, r0 + 2, k), v, c2)
+        c3 = _fma(_lanes_load(w, r0 + 3, k), v, c3)
+        c4 = _fma(_lanes_load(w, r0 + 4, k), v, c4)
+        c5 = _fma(_lanes_load(w, r0 + 5, k), v, c5)
+        c6 = _fma(_lanes_load(w, r0 + 6, k), v, c6)
+        c7 = _fma(_lanes_load(w, r0 + 7, k), v, c7)
     return c0, c1, c2, c3, c4, c5, c6, c7
 
 
@@ -2841,45 +2831,45 @@ def _step_partial(out, o, w, r, nr, a, s, w2, a2, s2, with2):
         c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = _lanes_zero(w)
         for k in range(0, full, lanes):
             v = _lanes_load(a, s, k)
-            c0 = _lanes_fma(_lanes_load(w, r0, k), v, c0)
-            c1 = _lanes_fma(_lanes_load(w, r1, k), v, c1)
-            c2 = _lanes_fma(_lanes_load(w, r2, k), v, c2)
-            c3 = _lanes_fma(_lanes_load(w, r3, k), v, c3)
-            c4 = _lanes_fma(_lanes_load(w, r4, k), v, c4)
-            c5 = _lanes_fma(_lanes_load(w, r5, k), v, c5)
-            c6 = _lanes_fma(_lanes_load(w, r6, k), v, c6)
-            c7 = _lanes_fma(_lanes_load(w, r7, k), v, c7)
+            c0 = _fma(_lanes_load(w, r0, k), v, c0)
+            c1 = _fma(_lanes_load(w, r1, k), v, c1)
+            c2 = _fma(_lanes_load(w, r2, k), v, c2)
+            c3 = _fma(_lanes_load(w, r3, k), v, c3)
+            c4 = _fma(_lanes_load(w, r4, k), v, c4)
+            c5 = _fma(_lanes_load(w, r5, k), v, c5)
+            c6 = _fma(_lanes_load(w, r6, k), v, c6)
+            c7 = _fma(_lanes_load(w, r7, k), v, c7)
         if full < n:
             v = _lanes_load_tail(a, s, full, n)
-            c0 = _lanes_fma(_lanes_load_tail(w, r0, full, n), v, c0)
-            c1 = _lanes_fma(_lanes_load_tail(w, r1, full, n), v, c1)
-            c2 = _lanes_fma(_lanes_load_tail(w, r2, full, n), v, c2)
-            c3 = _lanes_fma(_lanes_load_tail(w, r3, full, n), v, c3)
-            c4 = _lanes_fma(_lanes_load_tail(w, r4, full, n), v, c4)
-            c5 = _lanes_fma(_lanes_load_tail(w, r5, full, n), v, c5)
-            c6 = _lanes_fma(_lanes_load_tail(w, r6, full, n), v, c6)
-            c7 = _lanes_fma(_lanes_load_tail(w, r7, full, n), v, c7)
+            c0 = _fma(_lanes_load_tail(w, r0, full, n), v, c0)
+            c1 = _fma(_lanes_load_tail(w, r1, full, n), v, c1)
+            c2 = _fma(_lanes_load_tail(w, r2, full, n), v, c2)
+            c3 = _fma(_lanes_load_tail(w, r3, full, n), v, c3)
+            c4 = _fma(_lanes_load_tail(w, r4, full, n), v, c4)
+            c5 = _fma(_lanes_load_tail(w, r5, full, n), v, c5)
+            c6 = _fma(_lanes_load_tail(w, r6, full, n), v, c6)
+            c7 = _fma(_lanes_load_tail(w, r7, full, n), v, c7)
         if with2:
             for k in range(0, full2, lanes):
                 v = _lanes_load(a2, s2, k)
-                c0 = _lanes_fma(_lanes_load(w2, r0, k), v, c0)
-                c1 = _lanes_fma(_lanes_load(w2, r1, k), v, c1)
-                c2 = _lanes_fma(_lanes_load(w2, r2, k), v, c2)
-                c3 = _lanes_fma(_lanes_load(w2, r3, k), v, c3)
-                c4 = _lanes_fma(_lanes_load(w2, r4, k), v, c4)
-                c5 = _lanes_fma(_lanes_load(w2, r5, k), v, c5)
-                c6 = _lanes_fma(_lanes_load(w2, r6, k), v, c6)
-                c7 = _lanes_fma(_lanes_load(w2, r7, k), v, c7)
+                c0 = _fma(_lanes_load(w2, r0, k), v, c0)
+                c1 = _fma(_lanes_load(w2, r1, k), v, c1)
+                c2 = _fma(_lanes_load(w2, r2, k), v, c2)
+                c3 = _fma(_lanes_load(w2, r3, k), v, c3)
+                c4 = _fma(_lanes_load(w2, r4, k), v, c4)
+                c5 = _fma(_lanes_load(w2, r5, k), v, c5)
+                c6 = _fma(_lanes_load(w2, r6, k), v, c6)
+                c7 = _fma(_lanes_load(w2, r7, k), v, c7)
             if full2 < n2:
                 v = _lanes_load_tail(a2, s2, full2, n2)
-                c0 = _lanes_fma(_lanes_load_tail(w2, r0, full2, n2), v, c0)
-                c1 = _lanes_fma(_lanes_load_tail(w2, r1, full2, n2), v, c1)
-                c2 = _lanes_fma(_lanes_load_tail(w2, r2, full2, n2), v, c2)
-                c3 = _lanes_fma(_lanes_load_tail(w2, r3, full2, n2), v, c3)
-                c4 = _lanes_fma(_lanes_load_tail(w2, r4, full2, n2), v, c4)
-                c5 = _lanes_fma(_lanes_load_tail(w2, r5, full2, n2), v, c5)
-                c6 = _lanes_fma(_lanes_load_tail(w2, r6, full2, n2), v, c6)
-                c7 = _lanes_fma(_lanes_load_tail(w2, r7, full2, n2), v, c7)
+                c0 = _fma(_lanes_load_tail(w2, r0, full2, n2), v, c0)
+                c1 = _fma(_lanes_load_tail(w2, r1, full2, n2), v, c1)
+                c2 = _fma(_lanes_load_tail(w2, r2, full2, n2), v, c2)
+                c3 = _fma(_lanes_load_tail(w2, r3, full2, n2), v, c3)
+                c4 = _fma(_lanes_load_tail(w2, r4, full2, n2), v, c4)
+                c5 = _fma(_lanes_load_tail(w2, r5, full2, n2), v, c5)
+                c6 = _fma(_lanes_load_tail(w2, r6, full2, n2), v, c6)
+                c7 = _fma(_lanes_load_tail(w2, r7, full2, n2), v, c7)
         t = _lanes_sums((c0, c1, c2, c3, c4, c5, c6, c7))
         for q in range(8):
             if i + q < nr:
@@ -2918,10 +2908,10 @@ def _step_acc_samples4(w, r, a, s0, c0, c1, c2, c3):
     lanes = _lanes_count(w)
     for k in range(0, w.shape[1] - w.shape[1] % lanes, lanes):
         v = _lanes_load(w, r, k)
-        c0 = _lanes_fma(v, _lanes_load(a, s0, k), c0)
-        c1 = _lanes_fma(v, _lanes_load(a, s0 + 1, k), c1)
-        c2 = _lanes_fma(v, _lanes_load(a, s0 + 2, k), c2)
-        c3 = _lanes_fma(v, _lanes_load(a, s0 + 3, k), c3)
+        c0 = _fma(v, _lanes_load(a, s0, k), c0)
+        c1 = _fma(v, _lanes_load(a, s0 + 1, k), c1)
+        c2 = _fma(v, _lanes_load(a, s0 + 2, k), c2)
+        c3 = _fma(v, _lanes_load(a, s0 + 3, k), c3)
     return c0, c1, c2, c3
 
 
@@ -2948,8 +2938,8 @@ def _step_tail_acc4(w, r, t0, t1, t2, t3, c0, c1, c2, c3):
     # (from _step_tails4), as _step_partial adds them
     n = w.shape[1]
     v = _lanes_load_tail(w, r, n - n % _lanes_count(w), n)
-    return (_lanes_fma(v, t0, c0), _lanes_fma(v, t1, c1),
-            _lanes_fma(v, t2, c2), _lanes_fma(v, t3, c3))
+    return (_fma(v, t0, c0), _fma(v, t1, c1),
+            _fma(v, t2, c2), _fma(v, t3, c3))
 
 
 @njit(inline="always", **_JIT)
