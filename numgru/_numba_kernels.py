@@ -1804,107 +1804,88 @@ def _n_values(z, a_n, h, one):
 
 
 @njit(inline="always", **_JIT)
-def _step_after(gi, gh, h, h_new, g, H):
-    # gi (3H,) input projection + b_ih    gh (3H,) W_hh h + b_hh
-    # h (H,) previous state   h_new (H,) written   g (4H,) written [r, z, n, hn]
-    # a group of four vectors at a time (see _GROUP), then single vectors,
-    # then single values
-    one = _unit(h[0])
+def _item(a, j):
+    # a[j]: the one-value counterpart of _vload1 and _gload
+    return a[j]
+
+
+@njit(inline="always", **_JIT)
+def _set_item(a, j, v):
+    # a[j] = v: the one-value counterpart of _vstore1 and _gstore
+    a[j] = v
+
+
+@njit(inline="always", **_JIT)
+def _by_lane_blocks(step_at, gi, gh, h, out, g, H):
+    # step_at(gi, gh, h, out, g, H, j, load, store) for every lane j of H:
+    # a group at a time (see _GROUP), then single vectors, then single values
     L = _lanes(h)
     j = 0
     while j + _GROUP * L <= H:
-        r, z = _rz_values(_gload(gi, j) + _gload(gh, j),
-                          _gload(gi, H + j) + _gload(gh, H + j))
-        hn = _gload(gh, 2 * H + j)
-        v, n = _n_values(z, _gload(gi, 2 * H + j) + r * hn, _gload(h, j),
-                         one)
-        _gstore(h_new, j, v)
-        _gstore(g, j, r)
-        _gstore(g, H + j, z)
-        _gstore(g, 2 * H + j, n)
-        _gstore(g, 3 * H + j, hn)
+        step_at(gi, gh, h, out, g, H, j, _gload, _gstore)
         j += _GROUP * L
     while j + L <= H:
-        r, z = _rz_values(_vload1(gi, j) + _vload1(gh, j),
-                          _vload1(gi, H + j) + _vload1(gh, H + j))
-        hn = _vload1(gh, 2 * H + j)
-        v, n = _n_values(z, _vload1(gi, 2 * H + j) + r * hn, _vload1(h, j),
-                         one)
-        _vstore1(h_new, j, v)
-        _vstore1(g, j, r)
-        _vstore1(g, H + j, z)
-        _vstore1(g, 2 * H + j, n)
-        _vstore1(g, 3 * H + j, hn)
+        step_at(gi, gh, h, out, g, H, j, _vload1, _vstore1)
         j += L
     for j in range(j, H):
-        r, z = _rz_values(gi[j] + gh[j], gi[H + j] + gh[H + j])
-        hn = gh[2 * H + j]
-        v, n = _n_values(z, gi[2 * H + j] + r * hn, h[j], one)
-        h_new[j] = v
-        g[j] = r
-        g[H + j] = z
-        g[2 * H + j] = n
-        g[3 * H + j] = hn
+        step_at(gi, gh, h, out, g, H, j, _item, _set_item)
+
+
+@njit(inline="always", **_JIT)
+def _after_at(gi, gh, h, h_new, g, H, j, load, store):
+    # _step_after for the lanes from j that load and store move
+    r, z = _rz_values(load(gi, j) + load(gh, j),
+                      load(gi, H + j) + load(gh, H + j))
+    hn = load(gh, 2 * H + j)
+    v, n = _n_values(z, load(gi, 2 * H + j) + r * hn, load(h, j),
+                     _unit(h[0]))
+    store(h_new, j, v)
+    store(g, j, r)
+    store(g, H + j, z)
+    store(g, 2 * H + j, n)
+    store(g, 3 * H + j, hn)
+
+
+@njit(inline="always", **_JIT)
+def _step_after(gi, gh, h, h_new, g, H):
+    # gi (3H,) input projection + b_ih    gh (3H,) W_hh h + b_hh
+    # h (H,) previous state   h_new (H,) written   g (4H,) written [r, z, n, hn]
+    _by_lane_blocks(_after_at, gi, gh, h, h_new, g, H)
+
+
+@njit(inline="always", **_JIT)
+def _before_rz_at(gi, gh, h, rh, g, H, j, load, store):
+    # _step_before_rz for the lanes from j that load and store move
+    r, z = _rz_values(load(gi, j) + load(gh, j),
+                      load(gi, H + j) + load(gh, H + j))
+    store(g, j, r)
+    store(g, H + j, z)
+    store(rh, j, r * load(h, j))
 
 
 @njit(inline="always", **_JIT)
 def _step_before_rz(gi, gh, h, rh, g, H):
     # gi (3H,)   gh (>= 2H,) W_hr h + b_hr, W_hz h + b_hz   h (H,)
     # rh (H,) written r * h   g (4H,) written [r, z, ., .]
-    # groups, vectors, then values, as in _step_after
-    L = _lanes(h)
-    j = 0
-    while j + _GROUP * L <= H:
-        r, z = _rz_values(_gload(gi, j) + _gload(gh, j),
-                          _gload(gi, H + j) + _gload(gh, H + j))
-        _gstore(g, j, r)
-        _gstore(g, H + j, z)
-        _gstore(rh, j, r * _gload(h, j))
-        j += _GROUP * L
-    while j + L <= H:
-        r, z = _rz_values(_vload1(gi, j) + _vload1(gh, j),
-                          _vload1(gi, H + j) + _vload1(gh, H + j))
-        _vstore1(g, j, r)
-        _vstore1(g, H + j, z)
-        _vstore1(rh, j, r * _vload1(h, j))
-        j += L
-    for j in range(j, H):
-        r, z = _rz_values(gi[j] + gh[j], gi[H + j] + gh[H + j])
-        g[j] = r
-        g[H + j] = z
-        rh[j] = r * h[j]
+    _by_lane_blocks(_before_rz_at, gi, gh, h, rh, g, H)
+
+
+@njit(inline="always", **_JIT)
+def _before_n_at(gi, gh, h, h_new, g, H, j, load, store):
+    # _step_before_n for the lanes from j that load and store move
+    hn = load(gh, 2 * H + j)
+    v, n = _n_values(load(g, H + j), load(gi, 2 * H + j) + hn, load(h, j),
+                     _unit(h[0]))
+    store(h_new, j, v)
+    store(g, 2 * H + j, n)
+    store(g, 3 * H + j, hn)
 
 
 @njit(inline="always", **_JIT)
 def _step_before_n(gi, gh, h, h_new, g, H):
     # gi (3H,)   gh (3H,) with gh[2H:] = W_hn (r * h) + b_hn   h (H,)
     # h_new (H,) written   g (4H,) [r, z] read, [n, hn] written
-    # groups, vectors, then values, as in _step_after
-    one = _unit(h[0])
-    L = _lanes(h)
-    j = 0
-    while j + _GROUP * L <= H:
-        hn = _gload(gh, 2 * H + j)
-        v, n = _n_values(_gload(g, H + j), _gload(gi, 2 * H + j) + hn,
-                         _gload(h, j), one)
-        _gstore(h_new, j, v)
-        _gstore(g, 2 * H + j, n)
-        _gstore(g, 3 * H + j, hn)
-        j += _GROUP * L
-    while j + L <= H:
-        hn = _vload1(gh, 2 * H + j)
-        v, n = _n_values(_vload1(g, H + j), _vload1(gi, 2 * H + j) + hn,
-                         _vload1(h, j), one)
-        _vstore1(h_new, j, v)
-        _vstore1(g, 2 * H + j, n)
-        _vstore1(g, 3 * H + j, hn)
-        j += L
-    for j in range(j, H):
-        hn = gh[2 * H + j]
-        v, n = _n_values(g[H + j], gi[2 * H + j] + hn, h[j], one)
-        h_new[j] = v
-        g[2 * H + j] = n
-        g[3 * H + j] = hn
+    _by_lane_blocks(_before_n_at, gi, gh, h, h_new, g, H)
 
 
 @njit(inline="always", **_JIT)
