@@ -451,7 +451,12 @@ def _is_float_vector(a):
 # float32, with unfused Horner steps: the gates of 16 samples 1.25x to
 # 1.3x faster at H = 32 and 128; a layer's forward over a 16-sample block,
 # one thread, 1.06x faster at (T, I, H) = (50, 8, 32), 1.04x at (100, 1,
-# 64), 1.02x at (100, 32, 128), 1.01x at (20, 50, 128).
+# 64), 1.02x at (100, 32, 128), 1.01x at (20, 50, 128). Where the gates are
+# kept for backward and that cache goes to memory it costs instead: 0.94x
+# to 0.97x at (32 samples, 100, 32, 128) and 0.98x at (32, 100, 128, 512)
+# against vectors one at a time, in two passes (r and z, then n); 1.02x to
+# 1.04x faster where the cache stays in the caches, at (16, 50, 8, 32),
+# (16, 100, 1, 64) and (16, 20, 50, 128).
 _GROUP = 4
 
 
