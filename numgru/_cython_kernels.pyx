@@ -122,10 +122,8 @@ cdef extern from *:
     NG_DEFINE_TAIL(ng_tail_double_base, NG_ATTR_BASE, double, NG_MADD_PLAIN)
     #if NG_DISPATCH
     #include <immintrin.h>
-    #define NG_FMAF_T(a, b, c) __builtin_fmaf(a, b, c)
-    #define NG_FMA_T(a, b, c) __builtin_fma(a, b, c)
-    NG_DEFINE_TAIL(ng_tail_float_v3, NG_ATTR_V3, float, NG_FMAF_T)
-    NG_DEFINE_TAIL(ng_tail_double_v3, NG_ATTR_V3, double, NG_FMA_T)
+    NG_DEFINE_TAIL(ng_tail_float_v3, NG_ATTR_V3, float, __builtin_fmaf)
+    NG_DEFINE_TAIL(ng_tail_double_v3, NG_ATTR_V3, double, __builtin_fma)
     /* AVX-512: the columns as the first lanes of masked vectors, eight rows
        at a time; the same fused multiply-add per element, k ascending */
     #define NG_DEFINE_TAIL_V4(NAME, T, VEC, MASK, LOADZ, STORE, SET1, FMADD) \
@@ -428,7 +426,6 @@ cdef extern from *:
             NG_TANH_F32(0.5f * (x_in), t_, MADD);                              \
             (out) = MADD(0.5f, t_, 0.5f);                                      \
         } while (0)
-    #define NG_FMAF_ACT(a, b, c) __builtin_fmaf(a, b, c)
 
     /* v[i] = tanh(v[i]) and v[i] = sigmoid(v[i]) */
     #define NG_DEFINE_ACT_F32(SUF, ATTR, MADD)                                 \
@@ -442,8 +439,8 @@ cdef extern from *:
     }
     NG_DEFINE_ACT_F32(base, NG_ATTR_BASE, NG_MADD_PLAIN)
     #if NG_DISPATCH
-    NG_DEFINE_ACT_F32(v3, NG_ATTR_V3, NG_FMAF_ACT)
-    NG_DEFINE_ACT_F32(v4, NG_ATTR_V4, NG_FMAF_ACT)
+    NG_DEFINE_ACT_F32(v3, NG_ATTR_V3, __builtin_fmaf)
+    NG_DEFINE_ACT_F32(v4, NG_ATTR_V4, __builtin_fmaf)
     #endif
 
     /* The reset-after forward step of one sample from gi = W_ih x + b_ih and
@@ -476,9 +473,9 @@ cdef extern from *:
                         NG_SIGMOID_F32, NG_TANH_F32, NG_MADD_PLAIN)
     #if NG_DISPATCH
     NG_DEFINE_FWD_AFTER(ng_fwd_after_float_v3, NG_ATTR_V3, float,
-                        NG_SIGMOID_F32, NG_TANH_F32, NG_FMAF_ACT)
+                        NG_SIGMOID_F32, NG_TANH_F32, __builtin_fmaf)
     NG_DEFINE_FWD_AFTER(ng_fwd_after_float_v4, NG_ATTR_V4, float,
-                        NG_SIGMOID_F32, NG_TANH_F32, NG_FMAF_ACT)
+                        NG_SIGMOID_F32, NG_TANH_F32, __builtin_fmaf)
     #endif
 
     static void ng_tanh_double(ptrdiff_t n, double *v)
@@ -532,12 +529,10 @@ cdef extern from *:
     NG_TRANSPOSE(ng_transpose_double, double)
 
     #if NG_DISPATCH
-    #define NG_FMAF_S(a, b, c) __builtin_fmaf(a, b, c)
-    #define NG_FMA_S(a, b, c) __builtin_fma(a, b, c)
     NG_DEFINE_GEMM_NT_SCALAR(ng_gemm_nt_float_v3, NG_ATTR_V3, float,
-                             NG_FMAF_S)
+                             __builtin_fmaf)
     NG_DEFINE_GEMM_NT_SCALAR(ng_gemm_nt_double_v3, NG_ATTR_V3, double,
-                             NG_FMA_S)
+                             __builtin_fma)
     #include <immintrin.h>
     /* r[j] (16 rows of 16 floats) transposed in place */
     NG_ATTR_V4 static inline __attribute__((always_inline)) void
